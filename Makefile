@@ -1,0 +1,21 @@
+# Two commands do everything on a fresh machine (DESIGN 1):
+#   make run [EXPERIMENT=cnn_digits3_10pc]   set up .venv, then the whole pipeline for all ten seeds
+#   make test                                set up .venv, then the tests
+PYTHON ?= python3
+VENV := .venv
+EXPERIMENT ?= cnn_digits3_10pc
+
+.PHONY: run test venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: req.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -r req.txt
+	touch $@
+
+run: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash run_experiment.sh $(EXPERIMENT)
+
+test: venv
+	$(VENV)/bin/python -m pytest -q tests

@@ -1,0 +1,159 @@
+"""Experiment configuration: every constant of DESIGN sections 2-5, parsed from `<model>_<task>_<n>pc`."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAPER_SEEDS = (446, 724, 571, 296, 854, 968, 245, 374, 829, 470)
+SEEDS_FILE = "random_seeds.pt"
+MODELS = ("cnn", "cnn3l", "vit")
+N_CKPTS = 5
+SUBSET_GENERATION_SEED = 2023  # fixed so every machine draws the same subsets (DESIGN 3)
+DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
+
+
+class TDAError(Exception):
+    """A user-facing error: printed as one line by the entry scripts, never as a traceback."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One dataset of DESIGN section 3."""
+
+    name: str
+    channels: int
+    image_size: int
+    train_classes: tuple[int, ...]
+    epochs: int
+    default_data_root: str
+    default_num_per_class: tuple[int, ...]
+    test_per_class: int | None  # per-class test draw; None: uniform draw of `test_size`
+    test_size: int
+
+
+TASKS: dict[str, TaskSpec] = {
+    "mnist3": TaskSpec("mnist3", 1, 28, (0, 1, 2), 15, "data/raw", (10, 20, 50), None, 900),
+    "fmnist3": TaskSpec("fmnist3", 1, 28, (0, 1, 2), 15, "/usr/share/datasets/fashion-mnist",
+                        (10, 20, 50), None, 900),
+    "cifar10": TaskSpec("cifar10", 3, 32, tuple(range(10)), 30, "data/raw",
+                        (10, 20, 30, 40, 50, 60), 50, 500),
+    "digits3": TaskSpec("digits3", 1, 28, (0, 1, 2), 15, "", (10, 20, 50), 100, 300),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task spec for `name`, or a one-line error listing the valid tasks."""
+    if name not in TASKS:
+        raise TDAError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def repo_root() -> Path:
+    """Where data/, models/, tda_scores/ and results/ live: $TDA_ROOT, else the current directory."""
+    return Path(os.environ.get("TDA_ROOT", "."))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """All settings of one experiment `<model>_<task>_<n>pc` (DESIGN 2, 4, 5)."""
+
+    model: str
+    task: str
+    num_per_class: int
+    root: Path = field(default_factory=repo_root)
+    lr: float = 1e-3
+    weight_decay: float = 5e-3
+    batch_size: int = 32
+    n_ckpts: int = N_CKPTS
+    # IF / LiSSA reference settings (DESIGN 5)
+    lissa_damp: float = 5e-3
+    lissa_scale: float = 1e4
+    lissa_batch_size: int = 8
+    # ViT-LoRA settings (DESIGN 4)
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("query", "value")
+    num_labels: int = 10
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.task}_{self.num_per_class}pc"
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TASKS[self.task]
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.epochs
+
+    @property
+    def ckpt_epochs(self) -> list[int]:
+        """0-based epochs after which checkpoints are saved: the last `n_ckpts`."""
+        return list(range(self.epochs - self.n_ckpts, self.epochs))
+
+    @property
+    def n_train(self) -> int:
+        return self.num_per_class * len(self.spec.train_classes)
+
+    # ---- paths (DESIGN 2) ----
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data" / self.task
+
+    @property
+    def train_subset_pt(self) -> Path:
+        return self.data_dir / f"train_subset_{self.num_per_class}pc.pt"
+
+    @property
+    def test_subset_pt(self) -> Path:
+        return self.data_dir / "test_subset.pt"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "models" / self.model / f"{self.task}_{self.num_per_class}pc"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.model_dir / str(seed)
+
+    def ckpt_path(self, seed: int, epoch: int) -> Path:
+        return self.seed_dir(seed) / f"epoch_{epoch}.pt"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.root / "tda_scores" / self.name
+
+    def scores_path(self, method: str, seed: int) -> Path:
+        return self.scores_dir / method / f"{seed}.pt"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results" / self.name
+
+    @property
+    def train_script(self) -> str:
+        return "run_vit_finetuning.py" if self.model == "vit" else "run_cnn_training.py"
+
+
+_NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<task>[a-z0-9]+)_(?P<n>\d+)pc$")
+
+
+def parse_experiment(name: str, root: Path | None = None) -> ExperimentConfig:
+    """Parse `<model>_<task>_<n>pc`; an invalid name raises a one-line TDAError listing what is valid."""
+    valid = (f"expected <model>_<task>_<n>pc with model in {{{', '.join(MODELS)}}}, "
+             f"task in {{{', '.join(TASKS)}}}, e.g. cnn_digits3_10pc")
+    m = _NAME.match(name)
+    if not m:
+        raise TDAError(f"bad experiment name {name!r}: {valid}")
+    model, task, n = m["model"], m["task"], int(m["n"])
+    if model not in MODELS:
+        raise TDAError(f"unknown model {model!r} in {name!r}: {valid}")
+    if task not in TASKS:
+        raise TDAError(f"unknown task {task!r} in {name!r}: {valid}")
+    if n < 1:
+        raise TDAError(f"bad experiment name {name!r}: n per class must be >= 1")
+    kw = {} if root is None else {"root": Path(root)}
+    return ExperimentConfig(model=model, task=task, num_per_class=n, **kw)

@@ -1,0 +1,187 @@
+"""Datasets and deterministic class-balanced subsets (DESIGN section 3)."""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import SUBSET_GENERATION_SEED, TaskSpec, TDAError
+from . import io
+
+
+@dataclass
+class RawSplit:
+    """Images as stored by the source (uint8 HxW / HxWxC or float) and integer labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+# ---------------------------------------------------------------- sources
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (MNIST's format; `.gz` too) into a tensor."""
+    path = Path(path)
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise TDAError(f"{path} is not an IDX file: replace it with the original download")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise TDAError(f"{path}: unknown IDX data type {raw[2]:#x}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise TDAError(f"{path} is truncated ({data.size} values for shape {shape}): download it again")
+    return torch.from_numpy(data.astype(data.dtype.newbyteorder("="), copy=True).reshape(shape))
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise TDAError(f"missing {stem}[.gz] in {root}: `apt-get install dataset-fashion-mnist` "
+                   f"or pass --data_root with Fashion-MNIST's IDX files")
+
+
+def _load_fmnist(root: Path) -> tuple[RawSplit, RawSplit]:
+    root = Path(root)
+    if not root.is_dir():
+        raise TDAError(f"Fashion-MNIST directory {root} not found: `apt-get install dataset-fashion-mnist` "
+                       f"or pass --data_root DIR holding train-images-idx3-ubyte etc.")
+    split = lambda p: RawSplit(read_idx(_find_idx(root, f"{p}-images-idx3-ubyte")),  # noqa: E731
+                               read_idx(_find_idx(root, f"{p}-labels-idx1-ubyte")).long())
+    return split("train"), split("t10k")
+
+
+def _torchvision(cls, root: Path, where: str):
+    """Instantiate a torchvision dataset, downloading only when it is absent."""
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except RuntimeError:
+            try:
+                ds = cls(str(root), train=train, download=True)
+            except Exception as e:  # noqa: BLE001 - no network, partial files, ...
+                raise TDAError(f"cannot load or download {cls.__name__} under {root} ({type(e).__name__}); "
+                               f"offline, put the files at {where} or pass --data_root DIR")
+        data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(np.asarray(ds.data))
+        splits.append(RawSplit(data, torch.as_tensor(ds.targets).long()))
+    return splits[0], splits[1]
+
+
+def _load_digits() -> tuple[RawSplit, RawSplit]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    s = RawSplit(torch.from_numpy(d.images.astype(np.float32)), torch.from_numpy(d.target).long())
+    return s, s  # one pool: train and test are drawn disjointly from it
+
+
+def load_source(spec: TaskSpec, data_root: Path) -> tuple[RawSplit, RawSplit]:
+    """The full train and test pools of a task, from disk (torchvision downloads only when absent)."""
+    import torchvision
+    data_root = Path(data_root)
+    if spec.name == "mnist3":
+        return _torchvision(torchvision.datasets.MNIST, data_root,
+                            f"{data_root}/MNIST/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte")
+    if spec.name == "cifar10":
+        return _torchvision(torchvision.datasets.CIFAR10, data_root,
+                            f"{data_root}/cifar-10-batches-py/ (data_batch_1..5, test_batch)")
+    if spec.name == "fmnist3":
+        return _load_fmnist(data_root)
+    if spec.name == "digits3":
+        return _load_digits()
+    raise TDAError(f"unknown task {spec.name!r}")
+
+
+# ---------------------------------------------------------------- transforms
+def transform(spec: TaskSpec, images: torch.Tensor) -> torch.Tensor:
+    """Source images -> float32 [N, C, H, W] model inputs (DESIGN 3)."""
+    if spec.name in ("mnist3", "fmnist3"):
+        return images.float().div(255.0).unsqueeze(1)
+    if spec.name == "cifar10":
+        x = images.float().div(255.0).permute(0, 3, 1, 2)
+        return (x - 0.5) / 0.5
+    if spec.name == "digits3":
+        # 8x8 grey levels 0..16 -> [0, 1], bilinear up to 28x28 so the MNIST CNN applies
+        x = images.float().div(16.0).unsqueeze(1)
+        return F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0, 1)
+    raise TDAError(f"unknown task {spec.name!r}")
+
+
+# ---------------------------------------------------------------- subsets
+def _class_perms(labels: torch.Tensor, classes, g: torch.Generator) -> dict[int, torch.Tensor]:
+    return {c: (labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=g)]
+            for c in classes}
+
+
+def draw_subsets(spec: TaskSpec, train_labels: torch.Tensor, test_labels: torch.Tensor,
+                 num_per_class: list[int]) -> tuple[dict[int, list[int]], list[int]]:
+    """Deterministic class-balanced draws: {n: train indices} (nested in n) and the test indices.
+
+    Every list is sorted by dataset index. digits3 has a single pool: its test draw (100 per
+    class) is taken first and the training draws come from the rest, so they are disjoint.
+    """
+    g = torch.Generator().manual_seed(SUBSET_GENERATION_SEED)
+    if spec.test_per_class is None:  # uniform over the whole test set, all ten classes (DESIGN 3)
+        test = torch.randperm(len(test_labels), generator=g)[: spec.test_size]
+        test_set = set()
+    else:
+        perms = _class_perms(test_labels, spec.train_classes if spec.name == "digits3" else range(10), g)
+        test = torch.cat([p[: spec.test_per_class] for p in perms.values()])
+        test_set = set(test.tolist())
+    pool_perms = _class_perms(train_labels, spec.train_classes, g)
+    if spec.name == "digits3":  # remove the test draw from the shared pool
+        pool_perms = {c: torch.tensor([i for i in p.tolist() if i not in test_set], dtype=torch.long)
+                      for c, p in pool_perms.items()}
+    train = {}
+    for n in num_per_class:
+        for c, p in pool_perms.items():
+            if n > len(p):
+                raise TDAError(f"--num_per_class {n} is larger than the {len(p)} training images of "
+                               f"class {c} available for {spec.name}")
+        train[n] = sorted(torch.cat([p[:n] for p in pool_perms.values()]).tolist())
+    return train, sorted(test.tolist())
+
+
+def _subset_tensors(spec: TaskSpec, split: RawSplit, indices: list[int]) -> dict:
+    idx = torch.tensor(indices, dtype=torch.long)
+    return {"images": transform(spec, split.images[idx]).contiguous(),
+            "labels": split.labels[idx].clone(), "indices": idx}
+
+
+def generate_subsets(spec: TaskSpec, num_per_class: list[int], data_dir: Path,
+                     data_root: Path) -> list[Path]:
+    """Write index lists and tensor files for a task; existing index lists are used as they are."""
+    data_dir = Path(data_dir)
+    train_split, test_split = load_source(spec, data_root)
+    drawn_train, drawn_test = draw_subsets(spec, train_split.labels, test_split.labels, num_per_class)
+    written = []
+    test_txt = data_dir / "test_subset.txt"
+    test_idx = io.read_index_list(test_txt) if test_txt.exists() else drawn_test
+    _check_range(test_idx, len(test_split.labels), test_txt)
+    if not test_txt.exists():
+        io.write_index_list(test_idx, test_txt)
+    io.atomic_save(_subset_tensors(spec, test_split, test_idx), data_dir / "test_subset.pt")
+    written += [test_txt, data_dir / "test_subset.pt"]
+    for n in num_per_class:
+        txt = data_dir / f"train_subset_{n}pc.txt"
+        idx = io.read_index_list(txt) if txt.exists() else drawn_train[n]
+        _check_range(idx, len(train_split.labels), txt)
+        if spec.name == "digits3" and set(idx) & set(test_idx):
+            raise TDAError(f"{txt} overlaps {test_txt}: digits3 train and test must be disjoint; delete both")
+        if not txt.exists():
+            io.write_index_list(idx, txt)
+        pt = data_dir / f"train_subset_{n}pc.pt"
+        io.atomic_save(_subset_tensors(spec, train_split, idx), pt)
+        written += [txt, pt]
+    return written
+
+
+def _check_range(idx: list[int], n: int, path: Path) -> None:
+    if idx and (min(idx) < 0 or max(idx) >= n):
+        raise TDAError(f"{path} holds indices outside 0..{n - 1}: it belongs to another dataset; delete it")
