@@ -154,6 +154,6 @@ def parse_experiment(name: str, root: Path | None = None) -> ExperimentConfig:
     if task not in TASKS:
         raise TDAError(f"unknown task {task!r} in {name!r}: {valid}")
     if n < 1:
-        raise TDAError(f"bad experiment name {name!r}: n per class must be >= 1")
+        raise TDAError(f"bad experiment name {name!r}: n per class must be >= 1; {valid}")
     kw = {} if root is None else {"root": Path(root)}
     return ExperimentConfig(model=model, task=task, num_per_class=n, **kw)
