@@ -1,0 +1,112 @@
+"""Statistics of DESIGN section 6: K-checkpoint averaging, mean/std/SNR over seeds, p-values, BH, correlations.
+
+Pure maths over arrays (numpy, float64); no file I/O. Shapes: `scores` is [n_seeds, n_ckpts, n_train,
+n_test] with checkpoints in epoch order; every per-pair statistic is [n_train, n_test].
+
+Zero spread (sigma = 0) convention, used by the z- and the t-test alike: every seed gave the same
+attribution. If that value is non-zero the attribution is perfectly consistent, so SNR = +-inf and
+p = 0; if it is zero there is no signal at all, so SNR = 0 and p = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+ArrayLike = np.ndarray
+
+
+def average_last_k(scores: ArrayLike, k: int) -> np.ndarray:
+    """Per seed, tau averaged over its last K checkpoints: [S, C, N, M] -> [S, N, M]."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 4:
+        raise ValueError(f"scores must be [seeds, ckpts, train, test], got shape {scores.shape}")
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"K must be in 1..{scores.shape[1]}, got {k}")
+    return scores[:, -k:].mean(axis=1)
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """Posterior mean mu, sample std sigma (ddof 1) and SNR = mu / sigma of every pair, over n seeds."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    snr: np.ndarray
+    n: int
+
+
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with the zero-spread convention: den = 0 gives +-inf for num != 0 and 0 for num = 0."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    zero = den == 0
+    return np.where(zero, np.where(num == 0, 0.0, np.copysign(np.inf, num)), out)
+
+
+def seed_statistics(per_seed: ArrayLike) -> SeedStats:
+    """mu, sigma (ddof 1) and SNR over the seed axis of [S, N, M] (DESIGN 6); needs S >= 2."""
+    x = np.asarray(per_seed, dtype=np.float64)
+    if x.shape[0] < 2:
+        raise ValueError(f"sigma needs at least 2 seeds, got {x.shape[0]}")
+    mu = x.mean(axis=0)
+    sigma = x.std(axis=0, ddof=1)
+    return SeedStats(mu=mu, sigma=sigma, snr=safe_ratio(mu, sigma), n=x.shape[0])
+
+
+def stats_across_k(scores: ArrayLike, k: int) -> SeedStats:
+    """Seed statistics of the attribution averaged over each seed's last K checkpoints."""
+    return seed_statistics(average_last_k(scores, k))
+
+
+def z_pvalues(snr: ArrayLike) -> np.ndarray:
+    """The paper's two-sided normal test on the SNR: p = 2 (1 - Phi(|SNR|)), via the survival function."""
+    return np.minimum(2.0 * sps.norm.sf(np.abs(np.asarray(snr, dtype=np.float64))), 1.0)
+
+
+def t_statistic(st: SeedStats) -> np.ndarray:
+    """t = mu / (sigma / sqrt(n)): the one-sample t statistic of "mean attribution = 0"."""
+    return safe_ratio(st.mu, st.sigma / np.sqrt(st.n))
+
+
+def t_pvalues(st: SeedStats) -> np.ndarray:
+    """Two-sided one-sample t-test of the mean over seeds, n - 1 degrees of freedom."""
+    return np.minimum(2.0 * sps.t.sf(np.abs(t_statistic(st)), df=st.n - 1), 1.0)
+
+
+def benjamini_hochberg(p: ArrayLike) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) over all entries, same shape as `p`."""
+    p = np.asarray(p, dtype=np.float64)
+    flat = p.ravel()
+    m = flat.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(flat, kind="stable")
+    scaled = flat[order] * m / np.arange(1, m + 1)
+    # q_(i) = min_{j >= i} p_(j) m / j: a running minimum from the largest p down
+    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    q = np.empty(m)
+    q[order] = q_sorted
+    return q.reshape(p.shape)
+
+
+def fraction_below(p: ArrayLike, alpha: float = 0.05) -> float:
+    """Fraction of pairs with p < alpha."""
+    p = np.asarray(p)
+    return float((p < alpha).mean()) if p.size else float("nan")
+
+
+def correlation_matrix(values: dict[str, ArrayLike], method: str = "pearson") -> pd.DataFrame:
+    """Pearson or Spearman correlations between methods of one per-pair statistic, flattened over pairs.
+
+    Non-finite entries (an SNR of +-inf under the zero-spread convention) are dropped pairwise.
+    """
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be pearson or spearman, got {method!r}")
+    frame = pd.DataFrame({k: np.asarray(v, dtype=np.float64).ravel() for k, v in values.items()})
+    frame = frame.where(np.isfinite(frame))
+    return frame.corr(method=method)
