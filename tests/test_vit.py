@@ -1,0 +1,278 @@
+"""ViT-LoRA fine-tuning and its hooks (DESIGN 4), on a tiny ViT saved with save_pretrained: CPU, offline."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel  # noqa: E402
+
+import run_vit_finetuning  # noqa: E402
+from tda import cli, io, vit  # noqa: E402
+from tda.config import ExperimentConfig, TDAError, get_task, parse_experiment  # noqa: E402
+from tda.data import generate_subsets  # noqa: E402
+from tda.methods.common import per_sample_grads, split_params  # noqa: E402
+from tda.seeds import load_seeds  # noqa: E402
+
+EPOCHS = 6  # shortened from 15: checkpoints after epochs 1..5
+N_PER_CLASS = 12  # 36 training images: batches of 32 and 4, so the shuffle matters
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny ViT backbone (no head, like the in21k checkpoint) and its image processor, saved with save_pretrained."""
+    path = tmp_path_factory.mktemp("tiny_vit")
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)
+    torch.manual_seed(123)
+    ViTModel(config).save_pretrained(path)
+    # non-default statistics, so the test sees they are read from the processor config
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.45, 0.5],
+                      image_std=[0.2, 0.25, 0.3]).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    """A vit_digits3_12pc experiment under a temporary root, with the epochs shortened to EPOCHS."""
+    root = tmp_path_factory.mktemp("root")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TDA_ROOT", str(root))
+    mp.setattr(ExperimentConfig, "epochs", property(lambda self: EPOCHS))
+    cfg = parse_experiment(f"vit_digits3_{N_PER_CLASS}pc")
+    generate_subsets(get_task("digits3"), [N_PER_CLASS], cfg.data_dir, "")
+    yield cfg
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def finetuned(exp, tiny):
+    """Seed 0 fine-tuned through the entry script."""
+    run_vit_finetuning.main(["--experiment", exp.name, "--seed_id", "0", "--model_name_or_path", tiny,
+                             "--device", "cpu"])
+    return load_seeds(exp.root)[0]
+
+
+def plain_lora_vit(tiny: str, seed: int):
+    """The reference recipe written out: manual_seed, pretrained ViT + 10-way head, LoRA on query/value."""
+    torch.manual_seed(seed)
+    base = ViTForImageClassification.from_pretrained(tiny, num_labels=10, attn_implementation="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.1, bias="none",
+                                                target_modules=["q_proj", "v_proj"]))
+    for p in model.base_model.model.classifier.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def plain_inputs(images: torch.Tensor) -> torch.Tensor:
+    """Grey 28x28 digits -> 3 x 32 x 32 normalised with the tiny processor's statistics."""
+    x = F.interpolate(images.repeat(1, 3, 1, 1), size=(32, 32), mode="bilinear", align_corners=False,
+                      antialias=True)
+    return (x - torch.tensor([0.4, 0.45, 0.5]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+
+
+# ---------------------------------------------------------------- preprocessing
+def test_image_settings_read_from_processor_or_default(tiny, tmp_path):
+    assert vit.image_settings(tiny) == (32, (0.4, 0.45, 0.5), (0.2, 0.25, 0.3))
+    bare = tmp_path / "bare"  # no preprocessor_config.json: ViT defaults
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                       image_size=16, patch_size=8)).save_pretrained(bare)
+    assert vit.image_settings(str(bare)) == (16, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_preprocess_grey_and_cifar():
+    torch.manual_seed(0)
+    grey = torch.rand(4, 1, 28, 28)
+    x = vit.preprocess("digits3", grey, 32, (0.5,) * 3, (0.5,) * 3)
+    assert x.shape == (4, 3, 32, 32)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    assert -1 <= x.min() and x.max() <= 1  # [0, 1] pixels, mean/std 0.5: bilinear cannot overshoot
+    rgb = torch.rand(3, 3, 32, 32)  # cifar10 subsets are stored as (x - 0.5) / 0.5: undone first
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = vit.preprocess("cifar10", (rgb - 0.5) / 0.5, 48, mean, std)
+    want = vit.preprocess("digits3", rgb, 48, mean, std)
+    assert got.shape == (3, 3, 48, 48)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(vit.preprocess("digits3", rgb, 48, mean, std), want)  # deterministic
+
+
+def test_processed_subsets_are_cached(exp, tiny):
+    train, test = vit.processed_subsets(exp, tiny)
+    sub_train, sub_test = io.load_subsets(exp)
+    assert train["images"].shape == (3 * N_PER_CLASS, 3, 32, 32) and test["images"].shape == (300, 3, 32, 32)
+    assert torch.equal(train["indices"], sub_train["indices"]) and torch.equal(test["labels"], sub_test["labels"])
+    assert torch.allclose(train["images"], plain_inputs(sub_train["images"]), atol=1e-6)
+    files = sorted(exp.data_dir.glob("vit_32_*.pt"))
+    assert [f.name.split("_", 3)[-1] for f in files] == ["test.pt", f"train_{N_PER_CLASS}pc.pt"]
+    assert torch.equal(torch.load(files[1], weights_only=True)["images"], train["images"])
+    stamps = [f.stat().st_mtime_ns for f in files]
+    vit.processed_subsets(exp, tiny)
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read back, not rewritten
+    stale = dict(torch.load(files[1], weights_only=True), indices=torch.zeros(3 * N_PER_CLASS, dtype=torch.long))
+    torch.save(stale, files[1])
+    train2, _ = vit.processed_subsets(exp, tiny)
+    assert torch.equal(train2["indices"], sub_train["indices"])  # a stale cache is rebuilt
+
+
+# ---------------------------------------------------------------- model
+def test_lora_targets_and_trainable_tensors(exp, tiny):
+    torch.manual_seed(0)
+    model = vit.build_model(exp, tiny)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(("lora_A" in n or "lora_B" in n or ".classifier." in n) for n in names)
+    assert sum(".classifier." in n for n in names) == 2
+    lora = [n for n in names if "lora_" in n]
+    assert len(lora) == 2 * 2 * 2  # 2 layers x {query, value} x {A, B}
+    assert all(".q_proj." in n or ".v_proj." in n for n in lora)
+    assert model.base_model.model.classifier.out_features == 10
+    assert model.config._attn_implementation == "eager"
+    with pytest.raises(TDAError, match="no module 'nonexistent'"):
+        vit.lora_target_modules(model, ["nonexistent"])
+
+
+def test_seed_draws_head_and_lora_init(exp, tiny):
+    def init(seed):
+        torch.manual_seed(seed)
+        return vit.trainable_state(vit.build_model(exp, tiny))
+    a, b, c = init(1), init(1), init(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    head, lora_a = [k for k in a if k.endswith("classifier.weight")][0], [k for k in a if "lora_A" in k][0]
+    assert not torch.equal(a[head], c[head]) and not torch.equal(a[lora_a], c[lora_a])
+
+
+def test_finetuning_equals_plain_loop(exp, tiny, finetuned):
+    seed = finetuned
+    ckpts = io.load_checkpoints(exp, seed)
+    assert [c["epoch"] for c in ckpts] == exp.ckpt_epochs == list(range(EPOCHS - 5, EPOCHS))
+    assert all(c["model_name_or_path"] == str(__import__("pathlib").Path(tiny).resolve()) for c in ckpts)
+
+    # the plain loop: batch orders drawn up front, as DataLoader(shuffle=True) draws them, since LoRA
+    # dropout draws from the same generator during training (DESIGN 4)
+    train, test = io.load_subsets(exp)
+    x, y = plain_inputs(train["images"]), train["labels"]
+    model = plain_lora_vit(tiny, seed)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    epochs = [list(loader) for _ in range(EPOCHS)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3, weight_decay=5e-3)
+    total = sum(len(e) for e in epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total)
+    assert len(epochs[0]) == 2
+    for epoch, batches in enumerate(epochs):
+        model.train()
+        for xb, yb in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(pixel_values=xb).logits, yb).backward()
+            opt.step()
+            sched.step()
+        if epoch in exp.ckpt_epochs:
+            ck = ckpts[exp.ckpt_epochs.index(epoch)]
+            mine = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            assert set(ck["state_dict"]) == set(mine)
+            for n, t in mine.items():
+                assert torch.allclose(ck["state_dict"][n], t, atol=1e-6, rtol=0), n
+    assert sched.get_last_lr()[0] == 0.0
+    # training moved LoRA B off its zero init and the head, differently in consecutive checkpoints
+    lora_b = [k for k in ckpts[-1]["state_dict"] if "lora_B" in k]
+    assert all(ckpts[-1]["state_dict"][k].abs().sum() > 0 for k in lora_b)
+    assert not torch.equal(ckpts[-1]["state_dict"][lora_b[0]], ckpts[-2]["state_dict"][lora_b[0]])
+    assert all(0 <= c["test_accuracy"] <= 1 and c["train_loss"] > 0 for c in ckpts)
+
+    # each checkpoint reloads into a fresh PEFT model with the trained model's outputs
+    model.eval()
+    rng = torch.get_rng_state()
+    reloaded, params_, frozen = vit.model_at(exp, ckpts[-1], "cpu")
+    assert torch.equal(torch.get_rng_state(), rng)  # model_at leaves the global generator alone
+    assert not reloaded.training and set(params_) == set(ckpts[-1]["state_dict"])
+    xt = plain_inputs(test["images"][:50])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(xt).logits, model(pixel_values=xt).logits, atol=1e-5)
+    for ck in ckpts[:-1]:
+        other, p2, _ = vit.model_at(exp, ck, "cpu")
+        assert all(torch.equal(p2[k], ck["state_dict"][k]) for k in p2)
+    with pytest.raises(TDAError, match="does not match"):
+        vit.model_at(exp, {**ckpts[0], "state_dict": {"x": torch.zeros(1)}}, "cpu")
+
+
+def test_finished_seed_skipped_unless_overwrite(exp, tiny, finetuned, capsys):
+    path = exp.ckpt_path(finetuned, exp.ckpt_epochs[-1])
+    stamp = path.stat().st_mtime_ns
+    run_vit_finetuning.main(["--experiment", exp.name, "--seed_id", "0", "--model_name_or_path", tiny])
+    assert "already fine-tuned" in capsys.readouterr().out and path.stat().st_mtime_ns == stamp
+    before = torch.load(path, weights_only=True)["state_dict"]
+    run_vit_finetuning.main(["--experiment", exp.name, "--seed_id", "0", "--model_name_or_path", tiny,
+                             "--overwrite"])
+    assert "already" not in capsys.readouterr().out and path.stat().st_mtime_ns != stamp
+    after = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the same seed retrains identically
+
+
+def test_model_location_from_env(monkeypatch, tiny):
+    monkeypatch.delenv(vit.MODEL_ENV, raising=False)
+    assert vit.default_model_name_or_path() == vit.DEFAULT_VIT == "google/vit-base-patch16-224-in21k"
+    monkeypatch.setenv(vit.MODEL_ENV, tiny)
+    assert vit.default_model_name_or_path() == tiny
+
+
+def test_unreachable_hub_id_is_one_line_error(exp, monkeypatch, capsys):
+    from transformers import AutoConfig
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection")
+    monkeypatch.setattr(AutoConfig, "from_pretrained", offline)
+    monkeypatch.setattr(ViTForImageClassification, "from_pretrained", offline)
+    with pytest.raises(SystemExit) as e:
+        cli.run(run_vit_finetuning.main, ["--experiment", exp.name, "--seed_id", "1", "--overwrite",
+                                          "--model_name_or_path", "some-org/not-cached-vit"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "save_pretrained" in err and "some-org/not-cached-vit" in err
+    with pytest.raises(TDAError, match="save_pretrained"):  # the weights' loader is guarded too
+        vit._load("weights", "some-org/not-cached-vit", ViTForImageClassification.from_pretrained)
+
+
+def test_wrong_model_family_rejected(exp, capsys):
+    with pytest.raises(SystemExit):
+        cli.run(run_vit_finetuning.main, ["--experiment", "cnn_digits3_12pc", "--seed_id", "0"])
+    assert "not a ViT experiment" in capsys.readouterr().err
+
+
+def test_make_tiny(exp, tmp_path):
+    path = vit.make_tiny(tmp_path / "t")
+    config = json.loads((path / "config.json").read_text())
+    assert (config["hidden_size"], config["image_size"], config["patch_size"]) == (32, 32, 8)
+    assert vit.image_settings(str(path))[0] == 32
+    torch.manual_seed(0)
+    model = vit.build_model(exp, str(path))
+    assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+
+
+# ---------------------------------------------------------------- torch.func through the PEFT model (DESIGN 5)
+def test_per_sample_grads_and_hvp_through_peft_vit(exp, finetuned):
+    model, params, frozen = vit.model_at(exp, io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1]), "cpu")
+    train, _ = vit.tda_inputs(exp, io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1]))
+    x, y = train["images"][:5], train["labels"][:5]
+    g = per_sample_grads(model, params, frozen, x, y, chunk=3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for i in range(5):
+        gi = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]).logits, y[i:i + 1]), trainable)
+        assert torch.allclose(g[i], torch.cat([t.flatten() for t in gi]), atol=1e-6)
+    # forward-over-reverse HVP (IF): needs eager attention, SDPA has no forward-mode AD
+    from torch.func import grad, jvp
+    from tda.methods.common import mean_loss
+    v = {k: torch.randn_like(t) for k, t in params.items()}
+    hv = jvp(grad(lambda p: mean_loss(model, p, frozen, x, y)), (params,), (v,))[1]
+    ps = {k: t.clone().requires_grad_() for k, t in params.items()}
+    gr = torch.autograd.grad(mean_loss(model, ps, frozen, x, y), list(ps.values()), create_graph=True)
+    hv2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gr, v.values())), list(ps.values()))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(hv.values(), hv2))
+    assert split_params(model)[0].keys() == params.keys()
