@@ -20,6 +20,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -213,9 +214,20 @@ def seeded_init(cfg: ExperimentConfig, seed: int, n_train: int, name_or_path: st
     return model, epoch_batches(n_train, cfg.batch_size, cfg.epochs)
 
 
+def decay_factor(step: int, total_steps: int) -> float:
+    """Linear decay to 0 over all steps, no warm-up: the learning-rate factor of the `step`-th (0-based) step."""
+    return max(0.0, 1.0 - step / total_steps)
+
+
 def linear_decay(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate decayed linearly from its initial value to 0 over `total_steps`, no warm-up."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total_steps))
+    """The fine-tuning LR schedule (DESIGN 4) as a torch scheduler, stepped after every optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: decay_factor(step, total_steps))
+
+
+def lr_at(cfg: ExperimentConfig, batches: list) -> Callable[[int], float]:
+    """The learning rate of the s-th optimiser step of fine-tuning, for trainers that take a callable (LOO)."""
+    total = sum(len(b) for b in batches)
+    return lambda step: cfg.lr * decay_factor(step, total)
 
 
 @torch.no_grad()
