@@ -6,6 +6,7 @@ always give byte-identical PNG and PDF files (DESIGN 7: a rerun reproduces an un
 from __future__ import annotations
 
 import io as _io
+import warnings
 
 import matplotlib
 
@@ -63,8 +64,10 @@ def correlation_heatmaps(mats: dict[str, pd.DataFrame], title: str) -> Figure:
     sns.set_theme(style="white")
     fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 4.2), squeeze=False)
     for ax, (name, mat) in zip(axes[0], mats.items()):
-        sns.heatmap(mat, vmin=-1, vmax=1, center=0, cmap="vlag", annot=True, fmt=".2f", square=True,
-                    cbar=False, linewidths=0.5, ax=ax, annot_kws={"size": 9})
+        with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib is deprecating
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(mat, vmin=-1, vmax=1, center=0, cmap="vlag", annot=True, fmt=".2f", square=True,
+                        cbar=False, linewidths=0.5, ax=ax, annot_kws={"size": 9})
         ax.set_title(name)
         ax.tick_params(axis="y", rotation=0)
     fig.suptitle(title)

@@ -1,0 +1,252 @@
+"""Issue 4: run_pvalues.py / run_correlations.py end to end on synthetic score files; missing inputs; resume."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tda import cli, io, report
+from tda.config import TDAError, parse_experiment
+from tda.seeds import load_seeds, write_random_seeds
+
+REPO = Path(__file__).resolve().parents[1]
+EXP = "cnn_digits3_2pc"  # 6 training samples
+TRAIN_IDX = [11, 3, 27, 40, 5, 8]
+TEST_IDX = [900, 901, 905, 910, 77, 78, 79, 1]
+SIGN = {"loo": 1, "ats": -1, "if": -1, "gd": 1, "gc": 1}
+LABELS = ["LOO", "ATS", "IF", "GD", "GC"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+run_pvalues = _script("run_pvalues")
+run_correlations = _script("run_correlations")
+
+
+def _signal() -> torch.Tensor:
+    g = torch.Generator().manual_seed(123)
+    sig = torch.randn(len(TRAIN_IDX), len(TEST_IDX), generator=g) * 2
+    sig[:, :4] = 0  # half the test samples get no attribution: their p-values should be large
+    return sig
+
+
+def write_scores(cfg, methods=tuple(SIGN), seeds=None, salt: int = 0) -> None:
+    """Synthetic score files through tda.io.save_scores: a shared planted signal plus per-seed noise."""
+    sig = _signal()
+    for m in methods:
+        for s in seeds if seeds is not None else load_seeds(cfg.root):
+            g = torch.Generator().manual_seed(s * 10 + list(SIGN).index(m) + salt)
+            noise = torch.randn(5, len(TRAIN_IDX), len(TEST_IDX), generator=g)
+            io.save_scores(cfg, m, s, SIGN[m] * sig + noise, TRAIN_IDX, TEST_IDX, {"synthetic": True})
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    write_random_seeds(tmp_path / "random_seeds.pt")
+    monkeypatch.setenv("TDA_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def outputs(cfg) -> dict[str, bytes]:
+    """The visible results files (the hidden manifests hold mtimes, which differ between runs)."""
+    return {p.name: p.read_bytes() for p in sorted(cfg.results_dir.iterdir()) if not p.name.startswith(".")}
+
+
+def mtimes(cfg) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in cfg.results_dir.iterdir()}
+
+
+def test_end_to_end_files_labels_and_values(root, capsys):
+    cfg = parse_experiment(EXP)
+    write_scores(cfg)
+    summary = run_pvalues.main(["--experiment", EXP])
+    corr = run_correlations.main(["--experiment", EXP])
+    printed = capsys.readouterr().out
+    d = cfg.results_dir
+    seeds = load_seeds(root)
+
+    for m in SIGN:
+        for k in range(1, 6):
+            df = pd.read_csv(d / f"pvalues_{m}_across_{k}_ckpts.csv", index_col=0)
+            assert df.shape == (len(TRAIN_IDX), len(TEST_IDX))
+            assert list(df.index) == TRAIN_IDX and list(map(int, df.columns)) == TEST_IDX
+            assert df.index.name == "train_index"
+            assert ((df.values >= 0) & (df.values <= 1)).all()
+        assert (d / f"pvalue_hist_{m}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # one pair recomputed from the score files with a plain loop and scipy's normal distribution
+    from scipy.stats import norm
+    j, i, k = 2, 5, 3
+    per_seed = []
+    for s in seeds:
+        sc = io.load_scores(cfg, "ats", s)["scores"].double()
+        per_seed.append(sum(float(sc[c, j, i]) for c in range(5 - k, 5)) / k)
+    mu = sum(per_seed) / len(per_seed)
+    sd = math.sqrt(sum((v - mu) ** 2 for v in per_seed) / (len(per_seed) - 1))
+    csv = pd.read_csv(d / f"pvalues_ats_across_{k}_ckpts.csv", index_col=0)
+    assert csv.iloc[j, i] == pytest.approx(2 * norm.sf(abs(mu / sd)), rel=1e-6)
+
+    # the planted signal: pairs with attribution have smaller p-values than pairs without
+    p5 = pd.read_csv(d / "pvalues_loo_across_5_ckpts.csv", index_col=0).values
+    assert p5[:, 4:].mean() < p5[:, :4].mean()
+
+    mean_p = pd.read_csv(d / "mean_p_values.csv", index_col=0)
+    assert list(mean_p.columns) == LABELS and list(mean_p.index) == [1, 2, 3, 4, 5]
+    for m, lab in zip(SIGN, LABELS):
+        for k in range(1, 6):
+            per_pair = pd.read_csv(d / f"pvalues_{m}_across_{k}_ckpts.csv", index_col=0).values
+            assert mean_p.loc[k, lab] == pytest.approx(per_pair.mean(), rel=1e-6)
+    pd.testing.assert_frame_equal(mean_p, summary.mean_p, check_dtype=False, check_names=False)
+    md = (d / "mean_p_values.md").read_text()
+    assert md.splitlines()[0] == "| K | " + " | ".join(LABELS) + " |"
+
+    sig = pd.read_csv(d / "significance.csv")
+    assert len(sig) == 25 and set(sig["method"]) == set(LABELS)
+    assert (sig["n_seeds"] == len(seeds)).all() and (sig["n_pairs"] == len(TRAIN_IDX) * len(TEST_IDX)).all()
+    for t in ("z", "t"):
+        raw, bh = sig[f"{t}_frac_p_lt_0.05"], sig[f"{t}_frac_bh_lt_0.05"]
+        assert ((bh >= 0) & (bh <= raw) & (raw <= 1)).all()  # BH q-values are never below p
+    row = sig[(sig.method == "LOO") & (sig.K == 5)].iloc[0]
+    assert row["z_frac_p_lt_0.05"] == pytest.approx((p5 < 0.05).mean())
+
+    for kind in ("pearson", "spearman"):
+        for stat in ("mean", "std", "snr"):
+            mat = pd.read_csv(d / f"correlation_{kind}_{stat}.csv", index_col=0)
+            assert list(mat.index) == list(mat.columns) == LABELS
+            np.testing.assert_allclose(np.diag(mat.values), 1.0, rtol=1e-12)
+            np.testing.assert_allclose(mat.values, mat.values.T, rtol=1e-12)
+            assert (mat.abs().values <= 1 + 1e-12).all()
+        mean = pd.read_csv(d / f"correlation_{kind}_mean.csv", index_col=0)
+        assert mean.loc["LOO", "ATS"] < 0 < mean.loc["LOO", "GD"]  # planted sign conventions
+        assert (d / f"correlations_{kind}.png").exists() and (d / f"correlations_{kind}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert corr.matrices[("pearson", "mean")].shape == (5, 5)
+
+    rep = (d / "report.md").read_text()
+    for f in ["pvalue_hist_loo.png", "correlations_pearson.png", "correlations_spearman.png"]:
+        assert f"]({f})" in rep and (d / f).exists()
+    assert "Grad-Dot" in rep and "negative" in rep
+    assert "LOO" in printed and "pvalue_hist_gc.png" in printed
+
+
+def test_missing_methods_and_seeds(root, capsys):
+    cfg = parse_experiment(EXP)
+    seeds = load_seeds(root)
+    write_scores(cfg, methods=("loo",))
+    write_scores(cfg, methods=("gd",), seeds=seeds[:3])
+    write_scores(cfg, methods=("ats",), seeds=seeds[:1])  # one seed: no sigma
+    run_pvalues.main(["--experiment", EXP])
+    out = capsys.readouterr().out
+    mean_p = pd.read_csv(cfg.results_dir / "mean_p_values.csv", index_col=0)
+    assert list(mean_p.columns) == ["LOO", "GD"]
+    sig = pd.read_csv(cfg.results_dir / "significance.csv")
+    assert set(sig[sig.method == "GD"]["n_seeds"]) == {3} and set(sig[sig.method == "LOO"]["n_seeds"]) == {10}
+    assert "run_if.py" in out and "IF: no scores" in out
+    assert "ATS: only seed" in out and "run_ats.py" in out
+    assert f"missing seeds {', '.join(map(str, seeds[3:]))}" in out
+    assert not (cfg.results_dir / "pvalues_ats_across_1_ckpts.csv").exists()
+    run_correlations.main(["--experiment", EXP])
+    mat = pd.read_csv(cfg.results_dir / "correlation_spearman_snr.csv", index_col=0)
+    assert list(mat.columns) == ["LOO", "GD"]
+    assert "Not included" in (cfg.results_dir / "report.md").read_text()
+
+    # only one usable method: correlations name the scripts to run
+    with pytest.raises(TDAError, match="run_ats.py"):
+        run_correlations.main(["--experiment", EXP, "--methods", "loo", "ats"])
+
+
+def test_no_scores_is_a_one_line_error(root, capsys):
+    with pytest.raises(TDAError, match=r"run_loo\.py.*run_gd_and_gc\.py"):
+        run_pvalues.main(["--experiment", EXP])
+    with pytest.raises(SystemExit) as e:
+        cli.run(run_correlations.main, ["--experiment", EXP])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "run_loo.py" in err
+
+
+def test_finished_steps_are_not_recomputed(root, monkeypatch):
+    # the figures' content is not the point here: stand-ins that depend on the data keep it fast
+    monkeypatch.setattr(report.plots, "figure_bytes", lambda fig, fmt: repr(
+        [[t.get_text() for t in ax.texts] + [len(ax.patches)] for ax in fig.axes]).encode())
+    cfg = parse_experiment(EXP)
+    write_scores(cfg)
+    run_pvalues.main(["--experiment", EXP])
+    run_correlations.main(["--experiment", EXP])
+    before, first = mtimes(cfg), outputs(cfg)
+
+    def boom(*a, **k):
+        raise AssertionError("a finished step loaded scores again")
+    with monkeypatch.context() as mp:
+        mp.setattr(report, "load_method", boom)
+        assert run_pvalues.main(["--experiment", EXP]).skipped
+        assert run_correlations.main(["--experiment", EXP]).skipped
+    assert mtimes(cfg) == before
+
+    # --overwrite recomputes, but identical results leave the files untouched
+    calls = []
+    orig = report.load_method
+    monkeypatch.setattr(report, "load_method", lambda inv, m: calls.append(m) or orig(inv, m))
+    assert not run_pvalues.main(["--experiment", EXP, "--overwrite"]).skipped
+    assert sorted(calls) == sorted(SIGN)
+    assert outputs(cfg) == first
+
+    # new scores for one method: its files and the aggregates are redone, the others' files are not
+    seeds = load_seeds(root)
+    write_scores(cfg, methods=("gd",), seeds=seeds[:1], salt=7)
+    calls.clear()
+    before = mtimes(cfg)
+    run_pvalues.main(["--experiment", EXP])
+    after = mtimes(cfg)
+    assert after["pvalues_gd_across_5_ckpts.csv"] > before["pvalues_gd_across_5_ckpts.csv"]
+    assert after["mean_p_values.csv"] > before["mean_p_values.csv"]
+    for m in ("loo", "ats", "if", "gc"):
+        assert after[f"pvalues_{m}_across_3_ckpts.csv"] == before[f"pvalues_{m}_across_3_ckpts.csv"]
+        assert after[f"pvalue_hist_{m}.png"] == before[f"pvalue_hist_{m}.png"]
+    assert not run_correlations.main(["--experiment", EXP]).skipped  # its inputs changed too
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, bytes]:
+    """The outputs of a run that was never killed."""
+    cfg = parse_experiment(EXP, root=tmp_path_factory.mktemp("ref"))
+    write_random_seeds(cfg.root / "random_seeds.pt")
+    write_scores(cfg)
+    report.pvalues_step(cfg, log=lambda s: None)
+    report.correlations_step(cfg, log=lambda s: None)
+    report.write_report(cfg)
+    return outputs(cfg)
+
+
+@pytest.mark.parametrize("kill_after", [4, 31])
+def test_killed_run_resumes_to_identical_outputs(root, monkeypatch, uninterrupted, kill_after):
+    cfg = parse_experiment(EXP)
+    write_scores(cfg)
+    orig, n = report.Outputs.write, [0]
+
+    def dying_write(self, name, data, fp):
+        if n[0] == kill_after:
+            raise KeyboardInterrupt
+        n[0] += 1
+        return orig(self, name, data, fp)
+    with monkeypatch.context() as mp:
+        mp.setattr(report.Outputs, "write", dying_write)
+        with pytest.raises(KeyboardInterrupt):
+            run_pvalues.main(["--experiment", EXP])
+    done = mtimes(cfg)
+    assert len([f for f in done if not f.startswith(".")]) == kill_after
+    assert not [p for p in cfg.results_dir.iterdir() if p.name.endswith(".tmp")]
+    run_pvalues.main(["--experiment", EXP])
+    run_correlations.main(["--experiment", EXP])
+    assert outputs(cfg) == uninterrupted  # byte-identical, figures included
+    after = mtimes(cfg)
+    assert all(after[f] == t for f, t in done.items() if not f.startswith("."))  # no finished file redone
