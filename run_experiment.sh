@@ -1,12 +1,51 @@
 #!/usr/bin/env bash
-# The whole pipeline of one experiment, every step skipping finished outputs (DESIGN 1).
-# Usage: bash run_experiment.sh EXPERIMENT     e.g. bash run_experiment.sh cnn_digits3_10pc
+# The whole pipeline of one experiment for all ten seeds, every step skipping finished outputs (DESIGN 1, 7).
+#
+# Usage: bash run_experiment.sh EXPERIMENT [TRAINING_ARGS...]
+#   bash run_experiment.sh cnn_digits3_10pc
+#   bash run_experiment.sh vit_digits3_10pc --model_name_or_path DIR
+# Arguments after the experiment name go to the training script only (run_cnn_training.py, or
+# run_vit_finetuning.py for vit_* experiments), e.g. --model_name_or_path or --device cpu; the TDA
+# scripts read the ViT's base model from its checkpoints. $PYTHON picks the interpreter (default python).
+#
+# An interrupted run loses nothing: rerun the same command and it continues where it stopped. To redo a
+# step, run its script with --overwrite (or delete its outputs).
 set -euo pipefail
-EXP=${1:?usage: run_experiment.sh EXPERIMENT  (e.g. cnn_digits3_10pc)}
+usage="usage: bash run_experiment.sh EXPERIMENT [TRAINING_ARGS...]  (e.g. cnn_digits3_10pc)"
+EXP=${1:?$usage}
+shift
 PY=${PYTHON:-python}
-task=$(echo "$EXP" | cut -d_ -f2)
-n=$(echo "$EXP" | cut -d_ -f3 | sed 's/pc$//')
 cd "$(dirname "$0")"
 
-$PY run_subset_generation.py --task "$task" --num_per_class "$n"
-$PY run_cnn_training.py --experiment "$EXP" --seed_id all
+if [[ ! $EXP =~ ^([a-z0-9]+)_([a-z0-9]+)_([0-9]+)pc$ ]]; then
+    echo "error: bad experiment name '$EXP': expected <model>_<task>_<n>pc, e.g. cnn_digits3_10pc" >&2
+    exit 2
+fi
+model=${BASH_REMATCH[1]}
+task=${BASH_REMATCH[2]}
+n=${BASH_REMATCH[3]}
+train=run_cnn_training.py
+if [[ $model == vit ]]; then
+    train=run_vit_finetuning.py
+fi
+
+step() {  # step NAME SCRIPT ARGS...: run one script, report its wall time
+    local name=$1 t0=$SECONDS
+    shift
+    echo "== $name: $PY $*"
+    "$PY" "$@"
+    echo "   $name done in $((SECONDS - t0)) s"
+}
+
+step subsets run_subset_generation.py --task "$task" --num_per_class "$n"
+step training "$train" --experiment "$EXP" --seed_id all "$@"
+step LOO run_loo.py --experiment "$EXP" --seed_id all
+step ATS run_ats.py --experiment "$EXP" --seed_id all
+step IF run_if.py --experiment "$EXP" --seed_id all
+step "GD and GC" run_gd_and_gc.py --experiment "$EXP" --seed_id all
+step p-values run_pvalues.py --experiment "$EXP"
+step correlations run_correlations.py --experiment "$EXP"
+
+echo
+echo "== summary of $EXP (pipeline wall time $SECONDS s)"
+"$PY" -m tda.report --experiment "$EXP"

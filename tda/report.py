@@ -577,7 +577,8 @@ def write_report(cfg: ExperimentConfig) -> Path:
 def figure_paths(cfg: ExperimentConfig) -> list[Path]:
     """The figures that exist in results/<experiment>/, histograms first."""
     d = cfg.results_dir
-    hists = [d / hist_name(m) for m in METHODS if (d / hist_name(m)).exists()]
+    used = _read_manifest(d / PVALUES_MANIFEST).get("info", {})
+    hists = [d / hist_name(m) for m in METHODS if m in used and (d / hist_name(m)).exists()]
     corr = [d / f"{corr_fig_stem(k)}.{e}" for k in CORR_KINDS for e in ("png", "pdf")
             if (d / f"{corr_fig_stem(k)}.{e}").exists()]
     return hists + corr
