@@ -95,7 +95,7 @@ class Inventory:
         return lines
 
 
-def take_inventory(cfg: ExperimentConfig, methods: list[str], need: int = 1) -> Inventory:
+def take_inventory(cfg: ExperimentConfig, methods: tuple[str, ...] | list[str], need: int = 1) -> Inventory:
     """Find the score files of `methods`; a one-line TDAError naming the scripts when fewer than `need` are usable."""
     seeds = load_seeds(cfg.root)
     inv = Inventory(cfg=cfg, seeds=seeds, files={})
@@ -301,7 +301,7 @@ def pvalue_frame(p: np.ndarray, ms: MethodScores) -> pd.DataFrame:
                         columns=pd.Index(ms.test_indices, name="test_index"))
 
 
-def pvalues_step(cfg: ExperimentConfig, methods: list[str] = list(METHODS), overwrite: bool = False,
+def pvalues_step(cfg: ExperimentConfig, methods: tuple[str, ...] | list[str] = METHODS, overwrite: bool = False,
                  log: Log = print) -> PValueSummary:
     """Per method and K = 1..5: per-pair p-values, the mean p-value table, significance, histograms."""
     inv = take_inventory(cfg, methods)
@@ -311,7 +311,7 @@ def pvalues_step(cfg: ExperimentConfig, methods: list[str] = list(METHODS), over
     out = Outputs(cfg.results_dir, PVALUES_MANIFEST, overwrite)
     expected = _pvalue_outputs(inv)
     figures = [cfg.results_dir / hist_name(m) for m in inv.methods]
-    if out.all_finished(expected):
+    if out.all_finished(expected) and set(out.manifest.get("info", {})) == set(inv.methods):
         log(f"p-values of {cfg.name} are up to date (from {', '.join(LABELS[m] for m in inv.methods)}): "
             "nothing recomputed (--overwrite to redo)")
         return PValueSummary(*read_pvalue_tables(cfg), figures=figures, skipped=True, notes=notes)
@@ -343,10 +343,10 @@ def pvalues_step(cfg: ExperimentConfig, methods: list[str] = list(METHODS), over
     table.index.name = "K"
     sig = pd.DataFrame(rows)
     fp_all = inv.fp_all()
+    out.save_manifest(info=info)  # before the aggregates: a finished table always has its report info
     out.write("mean_p_values.csv", table.to_csv(), fp_all)
     out.write("mean_p_values.md", mean_p_markdown(table), fp_all)
     out.write("significance.csv", sig.to_csv(index=False), fp_all)
-    out.save_manifest(info=info)
     log(f"wrote {len(out.written)} files to {cfg.results_dir}/ ({len(out.kept)} unchanged)")
     return PValueSummary(table, sig, figures, skipped=False, notes=notes)
 
@@ -394,7 +394,7 @@ class CorrelationSummary:
     notes: list[str]
 
 
-def correlations_step(cfg: ExperimentConfig, methods: list[str] = list(METHODS), overwrite: bool = False,
+def correlations_step(cfg: ExperimentConfig, methods: tuple[str, ...] | list[str] = METHODS, overwrite: bool = False,
                       log: Log = print) -> CorrelationSummary:
     """Pearson and Spearman matrices between methods of mu, sigma and SNR at K = 5, flattened over pairs."""
     inv = take_inventory(cfg, methods, need=2)

@@ -128,7 +128,8 @@ def test_end_to_end_files_labels_and_values(root, capsys):
             assert (mat.abs().values <= 1 + 1e-12).all()
         mean = pd.read_csv(d / f"correlation_{kind}_mean.csv", index_col=0)
         assert mean.loc["LOO", "ATS"] < 0 < mean.loc["LOO", "GD"]  # planted sign conventions
-        assert (d / f"correlations_{kind}.png").exists() and (d / f"correlations_{kind}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert (d / f"correlations_{kind}.png").exists()
+        assert (d / f"correlations_{kind}.pdf").read_bytes()[:5] == b"%PDF-"
     assert corr.matrices[("pearson", "mean")].shape == (5, 5)
 
     rep = (d / "report.md").read_text()
