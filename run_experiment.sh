@@ -12,7 +12,11 @@
 # step, run its script with --overwrite (or delete its outputs).
 set -euo pipefail
 usage="usage: bash run_experiment.sh EXPERIMENT [TRAINING_ARGS...]  (e.g. cnn_digits3_10pc)"
-EXP=${1:?$usage}
+if [[ $# -lt 1 || $1 == -* ]]; then
+    echo "$usage" >&2
+    exit 2
+fi
+EXP=$1
 shift
 PY=${PYTHON:-python}
 cd "$(dirname "$0")"
