@@ -345,18 +345,26 @@ def pvalues_step(cfg: ExperimentConfig, methods: tuple[str, ...] | list[str] = M
     fp_all = inv.fp_all()
     out.save_manifest(info=info)  # before the aggregates: a finished table always has its report info
     out.write("mean_p_values.csv", table.to_csv(), fp_all)
-    out.write("mean_p_values.md", mean_p_markdown(table), fp_all)
+    out.write("mean_p_values.md", mean_p_markdown(table, sig), fp_all)
     out.write("significance.csv", sig.to_csv(index=False), fp_all)
     log(f"wrote {len(out.written)} files to {cfg.results_dir}/ ({len(out.kept)} unchanged)")
     return PValueSummary(table, sig, figures, skipped=False, notes=notes)
 
 
-def mean_p_markdown(table: pd.DataFrame) -> str:
+def mean_p_markdown(table: pd.DataFrame, significance: pd.DataFrame) -> str:
     """The paper's table: mean p-value over all train-test pairs, rows K checkpoints, columns methods."""
     t = table.copy()
     t.index = [f"{k} ckpt" + ("s" if k > 1 else "") for k in t.index]
     t.index.name = "K"
-    return markdown_table(t)
+    return markdown_table(t) + "\n" + null_reference(significance) + "\n"
+
+
+def null_reference(significance: pd.DataFrame) -> str:
+    """What pure noise would give: the z-test's p-values are not uniform, so its mean is not 0.5."""
+    ns = sorted(set(int(n) for n in significance["n_seeds"]))
+    refs = ", ".join(f"{stats.null_mean_z_pvalue(n):.3f} with {n} seeds" for n in ns)
+    return (f"Pure-noise reference (true mean attribution 0, Gaussian across seeds): mean z-test p-value "
+            f"{refs}; mean t-test p-value 0.5.")
 
 
 def read_pvalue_tables(cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -454,7 +462,8 @@ def format_pvalue_summary(s: PValueSummary) -> str:
     sig = s.significance.set_index(["method", "K"])[
         ["n_seeds", "z_frac_p_lt_0.05", "z_frac_bh_lt_0.05", "t_frac_p_lt_0.05", "t_frac_bh_lt_0.05"]]
     return ("Mean p-value over all train-test pairs (paper's z-test on SNR), rows K checkpoints:\n"
-            + s.mean_p.to_string(float_format=lambda v: f"{v:.4f}") + "\n\n"
+            + s.mean_p.to_string(float_format=lambda v: f"{v:.4f}") + "\n"
+            + null_reference(s.significance) + "\n\n"
             + f"Fraction of pairs with p < {ALPHA} (z: paper's test, t: t-test on the mean; bh: "
               "after Benjamini-Hochberg):\n"
             + sig.to_string(float_format=lambda v: f"{v:.4f}") + "\n")
@@ -486,8 +495,11 @@ standard deviation) are taken over the seeds and SNR = mu / sigma.
   n grows: with 10 seeds it finds far more significant pairs than the z-test at the same level.
 * **Benjamini-Hochberg**: there are n_train x n_test tests per method and K; the "bh" fractions count
   pairs whose FDR-adjusted p-value is below 0.05, i.e. a false discovery rate of at most 5%.
-* **Histograms**: if all attributions were pure noise, p-values would be uniform (the dashed line at
-  density 1). Mass piled up near 0 is consistent attribution; near 1 is noise.
+* **What noise looks like**: if an attribution is pure noise (true mean 0), the t-test's p-values are
+  uniform (the dashed line at density 1 in the histograms, mean 0.5). The paper's z-test is not
+  calibrated that way: its SNR is the t statistic divided by sqrt(n), so under pure noise its p-values
+  pile up near 1 (mean {null_z:.3f} with {n_seeds} seeds). Read the mean p-value table against that
+  reference, not against 0.5. In the histograms, mass piled up near 0 is consistent attribution.
 * **Zero spread**: a pair with sigma = 0 (all seeds agree exactly) gets SNR = +-inf and p = 0 when
   mu != 0, and SNR = 0, p = 1 when mu = 0 (no attribution at all). Such pairs are counted in
   `significance.csv` (`n_zero_sigma`) and dropped from the SNR correlations.
@@ -497,10 +509,15 @@ standard deviation) are taken over the seeds and SNR = mu / sigma.
 """
 
 
+def _short(v, width: int = 60) -> str:
+    text = str(v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _settings_lines(info: dict) -> list[str]:
     lines = []
     for m, d in info.items():
-        settings = ", ".join(f"{k}={v}" for k, v in sorted(d.get("settings", {}).items()))
+        settings = ", ".join(f"{k}={_short(v)}" for k, v in sorted(d.get("settings", {}).items()))
         lines.append(f"* {LABELS[m]}: seeds {', '.join(map(str, d['seeds']))}"
                      + (f"; settings: {settings}" if settings else ""))
     return lines
@@ -537,13 +554,13 @@ def build_report(cfg: ExperimentConfig) -> str:
              "Methods and seeds used:\n\n", "\n".join(_settings_lines(info)) + "\n"]
     if absent:
         parts.append(f"\nNot included (no scores with >= 2 seeds): {', '.join(absent)}.\n")
-    parts.append("\n" + _READING.format(n_seeds=n_seeds))
+    parts.append("\n" + _READING.format(n_seeds=n_seeds, null_z=stats.null_mean_z_pvalue(max(n_seeds, 2))))
     parts.append(_if_note(info, mats))
     parts.append("\n## Mean p-value (the paper's table)\n\nMean over all train-test pairs of the z-test "
                  "p-value, rows = number K of last checkpoints averaged per seed. "
                  "(`mean_p_values.csv`; per-pair values in `pvalues_<method>_across_<K>_ckpts.csv`, "
                  "rows = train dataset indices, columns = test dataset indices.)\n\n")
-    parts.append(mean_p_markdown(mean_p))
+    parts.append(mean_p_markdown(mean_p, sig))
     cols = ["method", "K", "n_seeds", "z_frac_p_lt_0.05", "z_frac_bh_lt_0.05", "t_frac_p_lt_0.05",
             "t_frac_bh_lt_0.05"]
     parts.append(f"\n## Fraction of pairs with p < {ALPHA}\n\nz = paper's test, t = t-test on the mean, "

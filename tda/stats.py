@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import integrate
 from scipy import stats as sps
 
 ArrayLike = np.ndarray
@@ -66,6 +67,18 @@ def stats_across_k(scores: ArrayLike, k: int) -> SeedStats:
 def z_pvalues(snr: ArrayLike) -> np.ndarray:
     """The paper's two-sided normal test on the SNR: p = 2 (1 - Phi(|SNR|)), via the survival function."""
     return np.minimum(2.0 * sps.norm.sf(np.abs(np.asarray(snr, dtype=np.float64))), 1.0)
+
+
+def null_mean_z_pvalue(n: int) -> float:
+    """Mean of the paper's z-test p-value when attributions are pure Gaussian noise over n seeds.
+
+    Then SNR = T / sqrt(n) with T ~ t(n - 1), so p is not uniform (mean 1/2) but piles up near 1:
+    E[p] = integral of 2 sf(|t| / sqrt(n)) against the t(n - 1) density.
+    """
+    if n < 2:
+        raise ValueError(f"needs n >= 2 seeds, got {n}")
+    f = lambda t: 2.0 * sps.norm.sf(t / np.sqrt(n)) * 2.0 * sps.t.pdf(t, n - 1)  # noqa: E731 - |T| folded
+    return float(integrate.quad(f, 0, np.inf)[0])
 
 
 def t_statistic(st: SeedStats) -> np.ndarray:

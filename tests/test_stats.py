@@ -125,3 +125,14 @@ def test_correlations_match_scipy_and_drop_nonfinite():
     assert mat.loc["LOO", "GD"] == pytest.approx(
         sps.pearsonr(snr["LOO"].ravel()[keep], snr["GD"].ravel()[keep])[0], rel=1e-9)
     assert mat.loc["LOO", "ATS"] == pytest.approx(sps.pearsonr(vals["LOO"].ravel(), vals["ATS"].ravel())[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("n_seeds", [2, 5, 10])
+def test_null_mean_of_paper_pvalue_matches_monte_carlo(n_seeds):
+    rng = np.random.default_rng(n_seeds)
+    noise = rng.normal(size=(n_seeds, 20000)) * 3.0  # pure noise: the true mean attribution is 0
+    mu, sd = noise.mean(0), noise.std(0, ddof=1)
+    p = np.array([math.erfc(abs(m / s) / math.sqrt(2)) for m, s in zip(mu, sd)])
+    assert stats.null_mean_z_pvalue(n_seeds) == pytest.approx(p.mean(), abs=4 * p.std() / math.sqrt(p.size))
+    if n_seeds >= 3:
+        assert stats.null_mean_z_pvalue(n_seeds) > 0.5  # not uniform: the z-test on SNR is conservative
