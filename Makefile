@@ -1,9 +1,11 @@
 # Two commands do everything on a fresh machine (DESIGN 1):
 #   make run [EXPERIMENT=cnn_digits3_10pc]   set up .venv, then the whole pipeline for all ten seeds
+#            [ARGS="--model_name_or_path DIR"]  extra arguments for the training script (see run_experiment.sh)
 #   make test                                set up .venv, then the tests
 PYTHON ?= python3
 VENV := .venv
 EXPERIMENT ?= cnn_digits3_10pc
+ARGS ?=
 
 .PHONY: run test venv
 
@@ -15,7 +17,7 @@ $(VENV)/.installed: req.txt
 	touch $@
 
 run: venv
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash run_experiment.sh $(EXPERIMENT)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash run_experiment.sh $(EXPERIMENT) $(ARGS)
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests
