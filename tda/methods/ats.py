@@ -1,0 +1,28 @@
+"""Additional training step (DESIGN 5, ATS): one step of a fresh Adam on {z_j}, for all j at once."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import Params, adam_init, adam_step, member_losses, per_sample_grads, per_sample_losses, stack, unflatten
+
+
+def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
+               x_test: torch.Tensor, y_test: torch.Tensor, lr: float, weight_decay: float,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, member_chunk: int = 64,
+               grad_chunk: int = 256, eval_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+    """tau [N, M] = L_i(theta'_j) - L_i(theta), theta'_j = theta after one fresh-Adam step on the batch {z_j}.
+
+    A fresh Adam's first step is theta - lr * g / (|g| + eps) elementwise with g = grad L_j + wd * theta
+    (the bias corrections cancel), so all N steps follow from the per-sample gradients; we apply the
+    functional Adam step itself to the stacked gradients so the rounding is torch.optim.Adam's.
+    """
+    g = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    with torch.no_grad():
+        base = per_sample_losses(model, params, frozen, x_test, y_test)
+    out = []
+    for j in range(0, len(g), member_chunk):
+        members = stack(params, len(g[j:j + member_chunk]))
+        adam_step(members, unflatten(g[j:j + member_chunk], params), adam_init(members), lr, weight_decay, betas, eps)
+        out.append(member_losses(model, members, frozen, x_test, y_test, eval_chunk, vectorize) - base)
+    return torch.cat(out)

@@ -1,0 +1,142 @@
+"""Influence functions (DESIGN 5, IF, Koh & Liang sign): tau_ij = -grad L_j . s_test(i), s_test ~ H^-1 grad L_i.
+
+Two solvers: the reference's FastIF LiSSA recursion (one pass over batches of 8 of the unshuffled
+training subset; with only ceil(N/8) steps it is nearly a scaled Grad-Dot), and conjugate gradient on
+the damped full training Hessian, a converged inverse to compare it against.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .common import Params, batched_hvp, per_sample_grads
+
+LISSA_NOTE = ("LiSSA with one pass of ceil(N/batch) steps: s_test = h_T/scale stays close to grad L_i * T/scale, "
+              "so IF is nearly a scaled Grad-Dot (DESIGN 5)")
+
+
+def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
+                 x_test: torch.Tensor, y_test: torch.Tensor, damp: float, scale: float, batch_size: int = 8,
+                 order: str = "auto", grad_chunk: int = 256, vec_chunk: int = 64,
+                 test_chunk: int = 1024) -> tuple[torch.Tensor, str]:
+    """IF by the FastIF LiSSA recursion, tau [N, M]; also returns the order used ('direct' or 'transposed').
+
+    h_0 = v, h_t = v + A_t h_{t-1} with A_t = (1 - damp) I - H_t / scale, H_t the Hessian of the mean
+    loss on the t-th batch of `batch_size` unshuffled training samples, t = 1..T = ceil(N / batch_size);
+    s_test = h_T / scale. Thus h_T = B v, B = I + A_T + A_T A_{T-1} + ... + A_T...A_1, and since every A_t
+    is symmetric g_j^T B g_i = (B^T g_j)^T g_i with B^T = I + A_T + A_{T-1} A_T + ... + A_1...A_T: the
+    'transposed' order applies A_T, then A_{T-1}, ... to the N training gradients, accumulating the sum
+    (N*T Hessian-vector products instead of M*T). order='auto' picks the smaller side.
+    """
+    n, m = len(y_train), len(y_test)
+    if order == "auto":
+        order = "transposed" if n < m else "direct"
+    if order not in ("direct", "transposed"):
+        raise ValueError(f"order must be 'auto', 'direct' or 'transposed', got {order!r}")
+    batches = [(x_train[i:i + batch_size], y_train[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+    def a_times(t: int, v: torch.Tensor) -> torch.Tensor:
+        xb, yb = batches[t]
+        return (1 - damp) * v - batched_hvp(model, params, frozen, xb, yb, v, vec_chunk=vec_chunk) / scale
+
+    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    out = []
+    if order == "transposed":
+        acc, w = g_tr.clone(), g_tr
+        for t in reversed(range(len(batches))):
+            w = a_times(t, w)
+            acc += w
+        for i in range(0, m, test_chunk):
+            g_te = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
+                                    grad_chunk)
+            out.append(-(acc @ g_te.T) / scale)
+    else:
+        for i in range(0, m, test_chunk):
+            v = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
+                                 grad_chunk)
+            h = v.clone()
+            for t in range(len(batches)):
+                h = v + a_times(t, h)
+            out.append(-(g_tr @ (h / scale).T))
+    return torch.cat(out, dim=1), order
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, tol: float = 1e-5,
+                       max_iter: int = 500) -> tuple[torch.Tensor, dict]:
+    """Solve A x = b for a batch of right-hand sides [R, P] (A symmetric, given by `matvec` on [R, P]).
+
+    Each column runs its own CG until ||r|| <= tol * ||b|| (or max_iter) and keeps the iterate of
+    smallest residual (on an indefinite A the residual of CG is not monotone). Returns x and
+    {'iterations', 'rel_residual' (true ||b - A x|| / ||b|| per column), 'converged',
+    'negative_curvature' (columns that met p^T A p < 0, i.e. A is not positive definite)}.
+    """
+    x = torch.zeros_like(b)
+    best_x, best_rs = x.clone(), (b * b).sum(1)
+    r = b.clone()
+    p = r.clone()
+    rs = (r * r).sum(1)
+    b_norm = b.norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)
+    active = rs.sqrt() > tol * b_norm
+    neg = torch.zeros_like(active)
+    it = 0
+    while it < max_iter and bool(active.any()):
+        it += 1
+        ap = matvec(p)
+        pap = (p * ap).sum(1)
+        neg |= active & (pap < 0)
+        # CG needs only pAp != 0 to proceed; pAp < 0 means H + damping I is indefinite (a trained
+        # net's Hessian can be), where CG may still converge but without its guarantees: counted
+        active &= (pap != 0) & torch.isfinite(pap)
+        alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(rs))
+        x += alpha.unsqueeze(1) * p
+        r -= alpha.unsqueeze(1) * ap
+        rs_new = (r * r).sum(1)
+        better = active & (rs_new < best_rs)
+        best_x = torch.where(better.unsqueeze(1), x, best_x)
+        best_rs = torch.where(better, rs_new, best_rs)
+        beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        p = torch.where(active.unsqueeze(1), r + beta.unsqueeze(1) * p, p)
+        rs = torch.where(active, rs_new, rs)
+        active &= rs.sqrt() > tol * b_norm
+    x = best_x
+    rel = (b - matvec(x)).norm(dim=1) / b_norm
+    return x, {"iterations": it, "rel_residual": rel, "converged": bool((rel <= tol).all()),
+               "negative_curvature": int(neg.sum())}
+
+
+def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
+              x_test: torch.Tensor, y_test: torch.Tensor, damping: float, tol: float = 1e-5, max_iter: int = 500,
+              grad_chunk: int = 256, vec_chunk: int = 64, data_chunk: int | None = 256,
+              test_chunk: int = 1024) -> tuple[torch.Tensor, dict]:
+    """IF with s_test = (H + damping I)^-1 grad L_i by batched conjugate gradient, tau [N, M], and the solver's info.
+
+    H is the Hessian of the mean training loss over all N samples (no weight decay). The matrix is
+    symmetric, so the system is solved for whichever gradient set (N train or M test) is smaller.
+    """
+    n, m = len(y_train), len(y_test)
+
+    def matvec(v):
+        return batched_hvp(model, params, frozen, x_train, y_train, v, data_chunk, vec_chunk) + damping * v
+
+    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    if n <= m:
+        x, info = conjugate_gradient(matvec, g_tr, tol, max_iter)
+        out = [-(x @ per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
+                                      grad_chunk).T) for i in range(0, m, test_chunk)]
+        tau = torch.cat(out, dim=1)
+        info["solved_for"] = "train"
+    else:
+        g_te = per_sample_grads(model, params, frozen, x_test, y_test, grad_chunk)
+        x, info = conjugate_gradient(matvec, g_te, tol, max_iter)
+        tau = -(g_tr @ x.T)
+        info["solved_for"] = "test"
+    info["max_rel_residual"] = float(info.pop("rel_residual").max()) if min(n, m) else 0.0
+    return tau, info
+
+
+def lissa_steps(n_train: int, batch_size: int) -> int:
+    """T = ceil(N / batch): the reference's single pass over the unshuffled training subset."""
+    return math.ceil(n_train / batch_size)
