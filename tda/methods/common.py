@@ -7,6 +7,7 @@ Contract used by every method (CNN and ViT-LoRA alike):
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 Params = dict[str, torch.Tensor]
+
+# torch's forward-mode AD (used by batched_hvp) scripts its own decompositions on first use and
+# warns about its own use of torch.jit.script: not actionable here, so that one warning is muted
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning,
+                        module=r"torch\.")
 
 
 def split_params(model: nn.Module) -> tuple[Params, Params]:
