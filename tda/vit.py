@@ -20,7 +20,6 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -224,12 +223,6 @@ def linear_decay(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: decay_factor(step, total_steps))
 
 
-def lr_at(cfg: ExperimentConfig, batches: list) -> Callable[[int], float]:
-    """The learning rate of the s-th optimiser step of fine-tuning, for trainers that take a callable (LOO)."""
-    total = sum(len(b) for b in batches)
-    return lambda step: cfg.lr * decay_factor(step, total)
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 128) -> float:
     """Top-1 accuracy in eval mode (no LoRA dropout)."""
@@ -327,22 +320,56 @@ def model_at(cfg: ExperimentConfig, ckpt: dict, device: str | torch.device = "cp
     return model, params, frozen
 
 
-def init_at(cfg: ExperimentConfig, seed: int, name_or_path: str, n_train: int,
-            device: str | torch.device = "cpu") -> tuple[nn.Module, Params, Params, list]:
-    """The seed's own initialisation (fresh head + LoRA) and batch order, for LOO `--protocol scratch`.
-
-    Calls `torch.manual_seed(seed)`: afterwards the global generator is where fine-tuning's
-    training loop starts, so dropout drawn from it follows the same stream.
-    """
-    model, batches = seeded_init(cfg, seed, n_train, name_or_path)
-    model.to(device)
-    params, frozen = split_params(model)
-    return model, params, frozen, batches
-
-
 def tda_inputs(cfg: ExperimentConfig, ckpt: dict) -> tuple[dict, dict]:
     """The processed train and test subsets matching the model a checkpoint was fine-tuned from."""
     return processed_subsets(cfg, checkpoint_model_path(ckpt))
+
+
+def recorded_model_path(cfg: ExperimentConfig) -> str:
+    """The one pretrained model all fine-tuned seeds of an experiment record (their checkpoints' last epoch)."""
+    fix = f"run `python run_vit_finetuning.py --experiment {cfg.name} --seed_id all` first"
+    ckpts = sorted(cfg.model_dir.glob(f"*/epoch_{cfg.ckpt_epochs[-1]}.pt"))
+    if not ckpts:
+        raise TDAError(f"no fine-tuned checkpoints under {cfg.model_dir}: {fix}")
+    paths = {checkpoint_model_path(io.load_tensor_file(p, "checkpoint", fix)) for p in ckpts}
+    if len(paths) > 1:
+        raise TDAError(f"the seeds of {cfg.name} were fine-tuned from different models ({', '.join(sorted(paths))}): "
+                       f"refit them from one with run_vit_finetuning.py --overwrite")
+    return paths.pop()
+
+
+def attribution_backend(cfg: ExperimentConfig):
+    """The `tda.attribution.Backend` of ViT experiments: trainable LoRA + head params, processed inputs,
+    LoRA dropout and the linear LR decay during LOO retraining, LOO protocol `scratch` (DESIGN 5)."""
+    from .attribution import Backend
+    settings: dict[str, tuple] = {}
+
+    def inputs(cfg: ExperimentConfig, subset: dict) -> torch.Tensor:
+        if "s" not in settings:  # resolved on first use: a run whose seeds are all done needs no checkpoint
+            settings["s"] = image_settings(recorded_model_path(cfg))
+        size, mean, std = settings["s"]
+        train, test = io.load_subsets(cfg)
+        for split, ref in ((f"train_{cfg.num_per_class}pc", train), ("test", test)):
+            if torch.equal(subset["indices"], ref["indices"]):
+                return _processed(cfg, subset, split, size, mean, std)["images"]
+        return preprocess(cfg.task, subset["images"], size, mean, std)
+
+    def from_checkpoint(cfg: ExperimentConfig, ckpt: dict, device: torch.device) -> nn.Module:
+        return model_at(cfg, ckpt, device)[0]
+
+    def initial(cfg: ExperimentConfig, seed: int, n_train: int, device: torch.device):
+        # leaves the generator where fine-tuning's training loop started, so LOO members draw the
+        # same dropout masks as the fine-tuning run did (its control member retraces the checkpoints)
+        name = checkpoint_model_path(io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1]))
+        model, batches = seeded_init(cfg, seed, n_train, name)
+        return model.to(device), batches
+
+    def batches(cfg: ExperimentConfig, seed: int, n_train: int) -> list:
+        return initial(cfg, seed, n_train, torch.device("cpu"))[1]
+
+    return Backend(from_checkpoint=from_checkpoint, initial=initial, batches=batches, inputs=inputs,
+                   lr=lambda cfg, n_steps: (lambda step: cfg.lr * decay_factor(step, n_steps)),
+                   train_mode=True, loo_protocol="scratch")
 
 
 # ---------------------------------------------------------------- a tiny local ViT

@@ -23,6 +23,8 @@ from tda.seeds import load_seeds  # noqa: E402
 
 EPOCHS = 6  # shortened from 15: checkpoints after epochs 1..5
 N_PER_CLASS = 12  # 36 training images: batches of 32 and 4, so the shuffle matters
+N_TEST_STRIDE = 10  # every 10th image of digits3's 300 test images: 30
+N_TEST = 30
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,21 @@ def exp(tmp_path_factory):
     mp.setattr(ExperimentConfig, "epochs", property(lambda self: EPOCHS))
     cfg = parse_experiment(f"vit_digits3_{N_PER_CLASS}pc")
     generate_subsets(get_task("digits3"), [N_PER_CLASS], cfg.data_dir, "")
+    # a smaller test subset keeps the TDA scripts fast: existing index lists are used as they are (DESIGN 3)
+    test_txt = cfg.data_dir / "test_subset.txt"
+    io.write_index_list(io.read_index_list(test_txt)[::N_TEST_STRIDE], test_txt)
+    generate_subsets(get_task("digits3"), [N_PER_CLASS], cfg.data_dir, "")
     yield cfg
     mp.undo()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small, shared CPU two OpenMP threads mostly wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +123,7 @@ def test_preprocess_grey_and_cifar():
 def test_processed_subsets_are_cached(exp, tiny):
     train, test = vit.processed_subsets(exp, tiny)
     sub_train, sub_test = io.load_subsets(exp)
-    assert train["images"].shape == (3 * N_PER_CLASS, 3, 32, 32) and test["images"].shape == (300, 3, 32, 32)
+    assert train["images"].shape == (3 * N_PER_CLASS, 3, 32, 32) and test["images"].shape == (N_TEST, 3, 32, 32)
     assert torch.equal(train["indices"], sub_train["indices"]) and torch.equal(test["labels"], sub_test["labels"])
     assert torch.allclose(train["images"], plain_inputs(sub_train["images"]), atol=1e-6)
     files = sorted(exp.data_dir.glob("vit_32_*.pt"))
@@ -193,7 +208,7 @@ def test_finetuning_equals_plain_loop(exp, tiny, finetuned):
     reloaded, params_, frozen = vit.model_at(exp, ckpts[-1], "cpu")
     assert torch.equal(torch.get_rng_state(), rng)  # model_at leaves the global generator alone
     assert not reloaded.training and set(params_) == set(ckpts[-1]["state_dict"])
-    xt = plain_inputs(test["images"][:50])
+    xt = plain_inputs(test["images"])
     with torch.no_grad():
         assert torch.allclose(reloaded(xt).logits, model(pixel_values=xt).logits, atol=1e-5)
     for ck in ckpts[:-1]:
@@ -276,3 +291,177 @@ def test_per_sample_grads_and_hvp_through_peft_vit(exp, finetuned):
     hv2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gr, v.values())), list(ps.values()))
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(hv.values(), hv2))
     assert split_params(model)[0].keys() == params.keys()
+
+
+# ---------------------------------------------------------------- the TDA methods on the PEFT ViT (DESIGN 5)
+def _close(fast: torch.Tensor, ref: torch.Tensor, rtol: float) -> None:
+    """Equal up to rtol relative to the reference's largest entry."""
+    torch.testing.assert_close(fast, ref, rtol=rtol, atol=rtol * ref.abs().max().item())
+
+
+def _script(name: str):
+    import importlib
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def vit64(exp, finetuned):
+    """The fine-tuned seed's last checkpoint as a float64 PEFT model, with 5 train and 4 test inputs."""
+    ck = io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1])
+    model, _, _ = vit.model_at(exp, ck, "cpu")
+    model.double()
+    params, frozen = split_params(model)
+    train, test = vit.tda_inputs(exp, ck)
+    pick = torch.tensor([0, 13, 20, 31, 35])  # all three classes
+    data = (train["images"][pick].double(), train["labels"][pick], test["images"][[0, 12, 25, 29]].double(),
+            test["labels"][[0, 12, 25, 29]])
+    return model, params, frozen, data
+
+
+def _grads(model, x, y):
+    """Per-sample gradients over the trainable tensors, one autograd call per sample."""
+    ps = [p for p in model.parameters() if p.requires_grad]
+    return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+        F.cross_entropy(model(x[i:i + 1]).logits, y[i:i + 1]), ps)]) for i in range(len(y))])
+
+
+def _hvp(model, x, y, v):
+    """H v by double backward, H the Hessian of the mean loss on (x, y)."""
+    ps = [p for p in model.parameters() if p.requires_grad]
+    g = torch.autograd.grad(F.cross_entropy(model(x).logits, y), ps, create_graph=True)
+    gv = sum((gi.flatten() * vi).sum() for gi, vi in zip(g, torch.split(v, [p.numel() for p in ps])))
+    return torch.cat([h.flatten() for h in torch.autograd.grad(gv, ps)])
+
+
+def test_grad_dot_cos_ats_and_lissa_equal_plain_loops_on_peft_vit(exp, vit64):
+    import copy
+    from tda.methods.ats import ats_scores
+    from tda.methods.grad_sim import grad_dot_and_cos
+    from tda.methods.influence import lissa_scores
+    model, params, frozen, (x, y, xt, yt) = vit64
+    assert not model.training  # eval mode: no LoRA dropout while gradients are measured
+    g_tr, g_te = _grads(model, x, y), _grads(model, xt, yt)
+    gd, gc = grad_dot_and_cos(model, params, frozen, x, y, xt, yt, grad_chunk=2, test_chunk=3)
+    _close(gd, g_tr @ g_te.T, 1e-9)
+    _close(gc, (g_tr @ g_te.T) / (g_tr.norm(dim=1)[:, None] * g_te.norm(dim=1)[None]), 1e-9)
+
+    with torch.no_grad():
+        base = F.cross_entropy(model(xt).logits, yt, reduction="none")
+    ref = []
+    for j in range(len(y)):  # one torch.optim.Adam step on z_j, model still in eval mode
+        m = copy.deepcopy(model)
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=exp.lr, weight_decay=exp.weight_decay)
+        F.cross_entropy(m(x[j:j + 1]).logits, y[j:j + 1]).backward()
+        opt.step()
+        with torch.no_grad():
+            ref.append(F.cross_entropy(m(xt).logits, yt, reduction="none") - base)
+    ref = torch.stack(ref)
+    assert ref.abs().min() > 0
+    for vectorize in (True, False):
+        _close(ats_scores(model, params, frozen, x, y, xt, yt, exp.lr, exp.weight_decay, member_chunk=2,
+                          vectorize=vectorize), ref, 1e-7)
+
+    damp, scale, bs = 5e-3, 5.0, 2  # a small scale so the Hessian term matters; 3 LiSSA steps
+    ref = torch.zeros(len(y), len(yt), dtype=torch.float64)
+    for i in range(len(yt)):
+        v = g_te[i]
+        h = v.clone()
+        for t in range(3):
+            h = v + (1 - damp) * h - _hvp(model, x[bs * t:bs * t + bs], y[bs * t:bs * t + bs], h) / scale
+        ref[:, i] = -(g_tr @ (h / scale))
+    assert not torch.allclose(ref, -(g_tr @ g_te.T) * 3 / scale, rtol=1e-3)  # curvature is in play
+    for order in ("direct", "transposed"):
+        _close(lissa_scores(model, params, frozen, x, y, xt, yt, damp, scale, bs, order, vec_chunk=2)[0], ref, 1e-8)
+
+
+def test_vit_backend_hooks(exp, tiny, finetuned):
+    from tda.attribution import backend_for
+    b = backend_for(exp)
+    assert b.loo_protocol == "scratch" and b.train_mode
+    lr = b.lr(exp, 10)
+    assert lr(0) == exp.lr and abs(lr(9) - exp.lr / 10) < 1e-15
+    train, test = io.load_subsets(exp)
+    processed = vit.processed_subsets(exp, tiny)
+    assert torch.equal(b.inputs(exp, train), processed[0]["images"])
+    assert torch.equal(b.inputs(exp, test), processed[1]["images"])
+    model, batches = b.initial(exp, finetuned, len(train["labels"]), torch.device("cpu"))
+    after_initial = torch.get_rng_state()
+    torch.manual_seed(finetuned)
+    fresh = vit.build_model(exp, tiny)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters()))
+    assert [[t.tolist() for t in e] for e in batches] == [[t.tolist() for t in e] for e in
+                                                          vit.epoch_batches(36, 32, EPOCHS)]
+    assert torch.equal(torch.get_rng_state(), after_initial)  # the generator sits where training started
+
+
+def _plain_loo(tiny, seed, x, y, xt, yt, remove, snapshots):
+    """Plain fine-tuning with sample `remove`'s loss zeroed (the batch mean still divides by the batch size)."""
+    model = plain_lora_vit(tiny, seed)
+    loader = DataLoader(TensorDataset(torch.arange(len(y))), batch_size=32, shuffle=True)
+    epochs = [[b[0] for b in loader] for _ in range(EPOCHS)]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=5e-3)
+    total = sum(len(e) for e in epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total)
+    w = torch.ones(len(y))
+    if remove is not None:
+        w[remove] = 0
+    out = []
+    for epoch, batches in enumerate(epochs):
+        for idx in batches:
+            model.train()
+            opt.zero_grad()
+            ((w[idx] * F.cross_entropy(model(pixel_values=x[idx]).logits, y[idx], reduction="none")).sum()
+             / len(idx)).backward()
+            opt.step()
+            sched.step()
+        if epoch in snapshots:
+            model.eval()
+            with torch.no_grad():
+                out.append(F.cross_entropy(model(pixel_values=xt).logits, yt, reduction="none"))
+    return torch.stack(out)
+
+
+def test_loo_scratch_script_equals_plain_retraining(exp, tiny, finetuned, capsys):
+    _script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
+    d = torch.load(exp.scores_path("loo", finetuned), weights_only=True)
+    s = d["settings"]
+    assert s["protocol"] == "scratch" and s["train_mode"] and s["members"] == 37
+    assert max(s["control_vs_checkpoint_max_abs_test_loss_diff"]) < 1e-5  # the control member is the checkpoint
+    tau = d["scores"]
+    assert tau.shape == (5, 36, N_TEST) and torch.isfinite(tau).all()
+    train, test = io.load_subsets(exp)
+    x, y = plain_inputs(train["images"]), train["labels"]
+    xt, yt = plain_inputs(test["images"]), test["labels"]
+    full = _plain_loo(tiny, finetuned, x, y, xt, yt, None, exp.ckpt_epochs)
+    for j in (0, 17, 35):
+        ref = _plain_loo(tiny, finetuned, x, y, xt, yt, j, exp.ckpt_epochs) - full
+        assert ref.abs().max() > 1e-4  # a removal effect well above float32 rounding of the losses
+        _close(tau[:, j], ref, 1e-5)  # bitwise equal on the CPU (member loop); vmapped on CUDA: rounding
+
+
+@pytest.mark.parametrize("name,methods", [("run_ats", ("ats",)), ("run_if", ("if",)),
+                                          ("run_gd_and_gc", ("gd", "gc"))])
+def test_tda_scripts_take_vit_experiments(exp, finetuned, name, methods):
+    _script(name).main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
+    for m in methods:
+        d = torch.load(exp.scores_path(m, finetuned), weights_only=True)
+        assert d["scores"].shape == (5, 36, N_TEST) and torch.isfinite(d["scores"]).all()
+        assert d["settings"]["model"] == "vit"
+    if "gd" in methods:  # the scripts see the checkpoint's model and the processed inputs
+        ck = io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[2])
+        model, _, _ = vit.model_at(exp, ck, "cpu")
+        train, test = io.load_subsets(exp)
+        g_tr = _grads(model, plain_inputs(train["images"][:3]), train["labels"][:3])
+        g_te = _grads(model, plain_inputs(test["images"][:2]), test["labels"][:2])
+        gd = torch.load(exp.scores_path("gd", finetuned), weights_only=True)["scores"][2, :3, :2]
+        _close(gd, g_tr @ g_te.T, 1e-4)
+
+
+def test_loo_paired_protocol_and_missing_checkpoints(exp, finetuned, tmp_path, capsys):
+    _script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--protocol", "paired", "--overwrite"])
+    d = torch.load(exp.scores_path("loo", finetuned), weights_only=True)
+    assert d["settings"]["protocol"] == "paired" and d["settings"]["members"] == 37
+    assert d["scores"].shape == (5, 36, N_TEST) and torch.isfinite(d["scores"]).all() and d["scores"].abs().max() > 0
+    empty = parse_experiment(exp.name, root=tmp_path)
+    with pytest.raises(TDAError, match="run_vit_finetuning.py"):
+        vit.recorded_model_path(empty)
