@@ -25,7 +25,7 @@ from .methods.grad_sim import grad_dot_and_cos
 from .methods.influence import LISSA_NOTE, cg_scores, lissa_scores, lissa_steps
 from .methods.loo import LR, PROTOCOLS, loo_continue, loo_scratch
 from .models import build_cnn
-from .training import seeded_init
+from .training import epoch_batches, seeded_init
 
 Batches = list[list[torch.Tensor]]
 
@@ -37,7 +37,7 @@ class Backend:
     from_checkpoint(cfg, ckpt, device): the model with the checkpoint's weights, in eval mode; its
         trainable parameters are what attributions are taken over.
     initial(cfg, seed, n_train, device): (the seed's initial model, its per-epoch batch order), as training drew them.
-    batches(cfg, seed, n_train): the training run's per-epoch batch order only.
+    batches(cfg, seed, n_train): the per-epoch batch order of the LOO continuation protocols (paper, paired).
     inputs(cfg, subset): model inputs of a subset dict ('images', 'labels', 'indices').
     lr(cfg, n_steps): learning rate of a (re)training run of n_steps: a float or a per-step schedule.
     train_mode: train in train mode (dropout) during LOO retraining.
@@ -68,8 +68,16 @@ def _cnn_initial(cfg: ExperimentConfig, seed: int, n_train: int, device: torch.d
     return model.to(device).eval(), batches
 
 
-CNN_BACKEND = Backend(from_checkpoint=_cnn_from_checkpoint, initial=_cnn_initial,
-                      batches=lambda cfg, seed, n: seeded_init(cfg, seed, n)[1])
+def _cnn_loo_batches(cfg: ExperimentConfig, seed: int, n_train: int) -> Batches:
+    # The reference's LOO loads the checkpoint, then calls torch.manual_seed(seed) and iterates a
+    # fresh DataLoader(shuffle=True): its batches are drawn straight after the seed, with no model
+    # construction in between, so they are not the training run's order (seeded_init), but they are
+    # the same for every removed j, which is all the protocol needs (DESIGN 5).
+    torch.manual_seed(seed)
+    return epoch_batches(n_train, cfg.batch_size, cfg.epochs)
+
+
+CNN_BACKEND = Backend(from_checkpoint=_cnn_from_checkpoint, initial=_cnn_initial, batches=_cnn_loo_batches)
 
 
 def backend_for(cfg: ExperimentConfig) -> Backend:
@@ -166,6 +174,7 @@ def compute_loo(d: SeedData, protocol: str | None = None, chunk: int | None = No
                 diffs.append(float((per_sample_losses(m, p, f, d.x_test, d.y_test) - c_loss).abs().max()))
         settings["control_vs_checkpoint_max_abs_test_loss_diff"] = diffs
         settings["members"] = d.n_train + 1
+        settings["batch_order"] = "training run's (Backend.initial)"
         return {"loo": tau}, {"loo": settings}
     batches = b.batches(cfg, d.seed, d.n_train)
     lr = b.lr(cfg, sum(len(e) for e in batches))
@@ -175,6 +184,7 @@ def compute_loo(d: SeedData, protocol: str | None = None, chunk: int | None = No
                                 cfg.weight_decay, paired=protocol == "paired", chunk=chunk,
                                 train_mode=b.train_mode))
     settings["members"] = d.n_train + (protocol == "paired")
+    settings["batch_order"] = "LOO continuation's (Backend.batches; CNN: the reference's, drawn right after manual_seed)"
     return {"loo": torch.stack(out)}, {"loo": settings}
 
 

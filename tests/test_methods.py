@@ -302,3 +302,18 @@ def test_grad_dot_and_cos_equal_per_pair_autograd(cnn):
     close(gd, gd_ref)
     close(gc, gc_ref)
     assert gd[0, 0] > 0 and abs(gc[0, 0].item() - 1) < 1e-10  # a duplicate: cosine 1, GD > 0 = helps
+
+
+def test_cnn_loo_batches_are_the_reference_draw():
+    """The reference's LOO: manual_seed(seed), then a fresh DataLoader(shuffle=True) per epoch, no model built."""
+    from torch.utils.data import DataLoader
+
+    from tda.attribution import CNN_BACKEND
+    from tda.config import parse_experiment
+    cfg = parse_experiment("cnn_digits3_10pc")
+    got = CNN_BACKEND.batches(cfg, 446, 40)
+    torch.manual_seed(446)
+    loader = DataLoader(list(range(40)), batch_size=32, shuffle=True)
+    ref = [[b.clone() for b in loader] for _ in range(cfg.epochs)]
+    assert len(got) == cfg.epochs and all(len(e) == 2 for e in got)
+    assert all(torch.equal(a, b) for ea, eb in zip(got, ref) for a, b in zip(ea, eb))
