@@ -365,7 +365,10 @@ def attribution_backend(cfg: ExperimentConfig):
         return model.to(device), batches
 
     def batches(cfg: ExperimentConfig, seed: int, n_train: int) -> list:
-        return initial(cfg, seed, n_train, torch.device("cpu"))[1]
+        # LOO protocols paper/paired (DESIGN 5): reset torch.manual_seed(seed), then the shuffled
+        # batches shared by every removed j; LoRA dropout then draws from the generator after them
+        torch.manual_seed(seed)
+        return epoch_batches(n_train, cfg.batch_size, cfg.epochs)
 
     return Backend(from_checkpoint=from_checkpoint, initial=initial, batches=batches, inputs=inputs,
                    lr=lambda cfg, n_steps: (lambda step: cfg.lr * decay_factor(step, n_steps)),

@@ -392,6 +392,11 @@ def test_vit_backend_hooks(exp, tiny, finetuned):
     assert [[t.tolist() for t in e] for e in batches] == [[t.tolist() for t in e] for e in
                                                           vit.epoch_batches(36, 32, EPOCHS)]
     assert torch.equal(torch.get_rng_state(), after_initial)  # the generator sits where training started
+    # paper/paired LOO: torch.manual_seed(seed), then the shared batches, no model in between (DESIGN 5)
+    cont = b.batches(exp, finetuned, 36)
+    torch.manual_seed(finetuned)
+    want = [[t.tolist() for t in e] for e in vit.epoch_batches(36, 32, EPOCHS)]
+    assert [[t.tolist() for t in e] for e in cont] == want
 
 
 def _plain_loo(tiny, seed, x, y, xt, yt, remove, snapshots):
