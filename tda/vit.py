@@ -121,6 +121,7 @@ def preprocess(task: str, images: torch.Tensor, size: int, mean, std) -> torch.T
 
 
 def _cache_path(cfg: ExperimentConfig, size: int, mean, std, split: str) -> Path:
+    # keyed by what the pixels depend on (size, mean, std), not by model name: models that agree share it
     key = hashlib.sha1(f"{_PREPROCESS_VERSION}|{list(mean)}|{list(std)}".encode()).hexdigest()[:10]
     return cfg.data_dir / f"vit_{size}_{key}_{split}.pt"
 
@@ -342,12 +343,12 @@ def attribution_backend(cfg: ExperimentConfig):
     """The `tda.attribution.Backend` of ViT experiments: trainable LoRA + head params, processed inputs,
     LoRA dropout and the linear LR decay during LOO retraining, LOO protocol `scratch` (DESIGN 5)."""
     from .attribution import Backend
-    settings: dict[str, tuple] = {}
+    resolved: dict[str, tuple] = {}
 
     def inputs(cfg: ExperimentConfig, subset: dict) -> torch.Tensor:
-        if "s" not in settings:  # resolved on first use: a run whose seeds are all done needs no checkpoint
-            settings["s"] = image_settings(recorded_model_path(cfg))
-        size, mean, std = settings["s"]
+        if "image" not in resolved:  # on first use: a run whose seeds are all done needs no checkpoint
+            resolved["image"] = image_settings(recorded_model_path(cfg))
+        size, mean, std = resolved["image"]
         train, test = io.load_subsets(cfg)
         for split, ref in ((f"train_{cfg.num_per_class}pc", train), ("test", test)):
             if torch.equal(subset["indices"], ref["indices"]):
