@@ -14,8 +14,8 @@ from torch import nn
 
 from .common import Params, batched_hvp, per_sample_grads
 
-LISSA_NOTE = ("LiSSA with one pass of ceil(N/batch) steps: s_test = h_T/scale stays close to grad L_i * T/scale, "
-              "so IF is nearly a scaled Grad-Dot (DESIGN 5)")
+LISSA_NOTE = ("LiSSA with one pass of T = ceil(N/batch) steps: s_test = h_T/scale stays close to "
+              "(T+1) grad L_i / scale, so IF is nearly a scaled Grad-Dot (DESIGN 5)")
 
 
 def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
