@@ -154,6 +154,15 @@ def _subset_tensors(spec: TaskSpec, split: RawSplit, indices: list[int]) -> dict
             "labels": split.labels[idx].clone(), "indices": idx}
 
 
+def subset_files(data_dir: Path, num_per_class: list[int]) -> list[Path]:
+    """The index lists and tensor files that `generate_subsets` writes."""
+    data_dir = Path(data_dir)
+    names = ["test_subset.txt", "test_subset.pt"]
+    for n in num_per_class:
+        names += [f"train_subset_{n}pc.txt", f"train_subset_{n}pc.pt"]
+    return [data_dir / name for name in names]
+
+
 def generate_subsets(spec: TaskSpec, num_per_class: list[int], data_dir: Path,
                      data_root: Path) -> list[Path]:
     """Write index lists and tensor files for a task; existing index lists are used as they are."""

@@ -264,6 +264,10 @@ def test_scripts_train_digits_skip_finished_and_reject_bad_input(tmp_path):
     (tmp_path / "random_seeds.pt").write_bytes((REPO / "random_seeds.pt").read_bytes())
     r = run_script("run_subset_generation.py", "--task", "digits3", "--num_per_class", "4", root=tmp_path)
     assert r.returncode == 0, r.stderr
+    pt = tmp_path / "data" / "digits3" / "train_subset_4pc.pt"
+    before = pt.stat().st_mtime_ns
+    r = run_script("run_subset_generation.py", "--task", "digits3", "--num_per_class", "4", root=tmp_path)
+    assert r.returncode == 0 and "already" in r.stdout and pt.stat().st_mtime_ns == before
     r = run_script("run_cnn_training.py", "--experiment", "cnn_digits3_4pc", "--seed_id", "1", "--device", "cpu",
                    root=tmp_path)
     assert r.returncode == 0, r.stderr
