@@ -137,7 +137,7 @@ class MethodScores:
 def load_method(inv: Inventory, method: str) -> MethodScores:
     """Load and check one method's score files: same shape, checkpoints and indices for every seed."""
     cfg = inv.cfg
-    arrays, ref = [], None
+    arrays, ref, common = [], None, None
     for s in inv.files[method]:
         d = io.load_scores(cfg, method, s)
         fix = f"delete it and run `python {SCRIPTS[method]} --experiment {cfg.name} --seed_id all`"
@@ -154,9 +154,13 @@ def load_method(inv: Inventory, method: str) -> MethodScores:
         elif meta != ref[1]:
             raise TDAError(f"{method} scores of seed {s} do not match seed {ref[0]} (shape, indices or "
                            f"checkpoints differ): {fix}")
+        settings = dict(d.get("settings", {}))
+        common = settings if common is None else {k: v for k, v in common.items()
+                                                  if k in settings and str(settings[k]) == str(v)}
         arrays.append(sc.double().numpy())
-    _, (_, train_idx, test_idx, epochs), settings = ref
-    return MethodScores(method, list(inv.files[method]), np.stack(arrays), train_idx, test_idx, epochs, settings)
+    _, (_, train_idx, test_idx, epochs), _ = ref
+    # per-seed values (seed, timing) differ between files: keep the settings all seeds share
+    return MethodScores(method, list(inv.files[method]), np.stack(arrays), train_idx, test_idx, epochs, common)
 
 
 # ---------------------------------------------------------------- writing
@@ -322,7 +326,8 @@ def pvalues_step(cfg: ExperimentConfig, methods: tuple[str, ...] | list[str] = M
         fp = inv.fp(m)
         ms = load_method(inv, m)
         info[m] = {"seeds": ms.seeds, "n_train": len(ms.train_indices), "n_test": len(ms.test_indices),
-                   "ckpt_epochs": ms.ckpt_epochs, "settings": ms.settings}
+                   "ckpt_epochs": ms.ckpt_epochs, "settings": ms.settings,
+                   "shared_share": stats.shared_variance_share(stats.average_last_k(ms.scores, cfg.n_ckpts))}
         by_test: dict[str, dict[int, np.ndarray]] = {TEST_NAMES["z"]: {}, TEST_NAMES["t"]: {}}
         for k in ks:
             st = stats.stats_across_k(ms.scores, k)
@@ -509,6 +514,9 @@ standard deviation) are taken over the seeds and SNR = mu / sigma.
 """
 
 
+_REDUNDANT = {"method", "model", "n_train", "n_test", "note"}
+
+
 def _short(v, width: int = 60) -> str:
     text = str(v)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -517,7 +525,8 @@ def _short(v, width: int = 60) -> str:
 def _settings_lines(info: dict) -> list[str]:
     lines = []
     for m, d in info.items():
-        settings = ", ".join(f"{k}={_short(v)}" for k, v in sorted(d.get("settings", {}).items()))
+        settings = ", ".join(f"{k}={_short(v)}" for k, v in sorted(d.get("settings", {}).items())
+                             if k not in _REDUNDANT)
         lines.append(f"* {LABELS[m]}: seeds {', '.join(map(str, d['seeds']))}"
                      + (f"; settings: {settings}" if settings else ""))
     return lines
@@ -534,6 +543,26 @@ def _if_note(info: dict, mats: dict) -> str:
     m = mats.get(("pearson", "mean"))
     if m is not None and "IF" in m.index and "GD" in m.columns:
         note += f" Measured here: Pearson correlation of the mean between IF and GD = {m.loc['IF', 'GD']:+.3f}."
+    return note + "\n"
+
+
+def _loo_note(info: dict, epochs: int) -> str:
+    loo = info.get("loo")
+    if loo is None:
+        return ""
+    protocol = str(loo.get("settings", {}).get("protocol", "?"))
+    share = loo.get("shared_share")
+    note = f"\n**LOO protocol: `{protocol}`.**"
+    if share is not None:
+        note += (f" Of the variance of LOO's tau over all pairs (K = {len(loo['ckpt_epochs'])}), "
+                 f"{100 * share:.0f}% is the part every training sample j shares for a test sample (the "
+                 "per-seed mean over j).")
+    if protocol == "paper":
+        note += (" Under the paper protocol tau = L_i(retrained without j) - L_i(checkpoint) also contains the "
+                 f"effect of training {epochs} more epochs, the same for every j and consistent across seeds, so "
+                 "LOO's small p-values here are largely that continuation effect, not the removal of j "
+                 "(DESIGN 5). `python run_loo.py --protocol paired` or `scratch` (with --overwrite) "
+                 "measures the removal alone.")
     return note + "\n"
 
 
@@ -556,6 +585,7 @@ def build_report(cfg: ExperimentConfig) -> str:
         parts.append(f"\nNot included (no scores with >= 2 seeds): {', '.join(absent)}.\n")
     parts.append("\n" + _READING.format(n_seeds=n_seeds, null_z=stats.null_mean_z_pvalue(max(n_seeds, 2))))
     parts.append(_if_note(info, mats))
+    parts.append(_loo_note(info, cfg.epochs))
     parts.append("\n## Mean p-value (the paper's table)\n\nMean over all train-test pairs of the z-test "
                  "p-value, rows = number K of last checkpoints averaged per seed. "
                  "(`mean_p_values.csv`; per-pair values in `pvalues_<method>_across_<K>_ckpts.csv`, "

@@ -81,6 +81,21 @@ def null_mean_z_pvalue(n: int) -> float:
     return float(integrate.quad(f, 0, np.inf)[0])
 
 
+def shared_variance_share(per_seed: ArrayLike) -> float:
+    """Share of a seed's tau variance over pairs that is common to all training samples j of a test sample.
+
+    Per seed, the [N, M] matrix is split into its per-test-sample mean over j plus the rest; the share
+    is var(mean over j) / var(tau), averaged over seeds. For LOO under the paper protocol this is the
+    continuation effect every j shares (DESIGN 5), not the effect of removing j.
+    """
+    x = np.asarray(per_seed, dtype=np.float64)
+    shares = []
+    for seed in x:
+        total = seed.var()
+        shares.append(seed.mean(axis=0).var() / total if total > 0 else 0.0)
+    return float(np.mean(shares))
+
+
 def t_statistic(st: SeedStats) -> np.ndarray:
     """t = mu / (sigma / sqrt(n)): the one-sample t statistic of "mean attribution = 0"."""
     return safe_ratio(st.mu, st.sigma / np.sqrt(st.n))

@@ -136,3 +136,19 @@ def test_null_mean_of_paper_pvalue_matches_monte_carlo(n_seeds):
     assert stats.null_mean_z_pvalue(n_seeds) == pytest.approx(p.mean(), abs=4 * p.std() / math.sqrt(p.size))
     if n_seeds >= 3:
         assert stats.null_mean_z_pvalue(n_seeds) > 0.5  # not uniform: the z-test on SNR is conservative
+
+
+def test_shared_variance_share_matches_loop():
+    rng = np.random.default_rng(9)
+    shared = rng.normal(size=(3, 1, 6)) * 4  # per seed and test sample, the same for every j
+    per_seed = shared + rng.normal(size=(3, 5, 6))
+    shares = []
+    for s in range(3):
+        vals = [per_seed[s, j, i] for j in range(5) for i in range(6)]
+        mean = sum(vals) / len(vals)
+        total = sum((v - mean) ** 2 for v in vals) / len(vals)
+        col = [sum(per_seed[s, j, i] for j in range(5)) / 5 for i in range(6)]
+        shared_var = sum((col[i] - mean) ** 2 for i in range(6)) / 6
+        shares.append(shared_var / total)
+    assert stats.shared_variance_share(per_seed) == pytest.approx(sum(shares) / 3, rel=1e-12)
+    assert stats.shared_variance_share(per_seed) > stats.shared_variance_share(per_seed - shared)
