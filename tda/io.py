@@ -11,12 +11,22 @@ import torch
 from .config import ExperimentConfig, TDAError
 
 
-def _atomic(path: Path, write) -> None:
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: Path, write, suffix: str = ".tmp") -> None:
+    """Run `write(tmp)` on a temp file beside `path`, then rename it over `path`.
+
+    The temp file gets the permissions a plain open() would give (mkstemp makes it 0600), so
+    checkpoints, scores and results stay readable by the other users of a shared machine.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -32,28 +42,13 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def atomic_write_text(text: str, path: Path) -> None:
     """Write text atomically."""
-    def w(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    _atomic(path, w)
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_write_with(path: Path, writer) -> None:
     """Call `writer(tmp_path)` (e.g. a DataFrame's to_csv or a figure's savefig), then rename."""
-    def w(tmp):
-        writer(tmp)
-    path = Path(path)
-    # keep the extension so writers that infer the format from it (savefig) still work
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        w(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # the temp file keeps the extension so writers that infer the format from it (savefig) still work
+    _atomic(path, writer, suffix=Path(path).suffix)
 
 
 def load_tensor_file(path: Path, what: str, fix: str) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -183,12 +182,7 @@ def _digest(fp) -> str:
 def _write_bytes(raw: bytes) -> Callable[[str], None]:
     def writer(tmp: str) -> None:
         Path(tmp).write_bytes(raw)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
     return writer
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class Outputs:

@@ -307,3 +307,8 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError):
         io.atomic_save({"a": torch.zeros(3), "b": Boom()}, tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []
+    io.atomic_save({"a": torch.zeros(3)}, tmp_path / "ok.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "ok.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.pt"]
