@@ -9,7 +9,7 @@ from .common import Params, per_sample_grads
 
 def grad_dot_and_cos(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                      x_test: torch.Tensor, y_test: torch.Tensor, grad_chunk: int = 256,
-                     test_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                     test_chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(GD, GC), each [N, M]: grad L_j . grad L_i over all trainable parameters, and its cosine."""
     g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
     n_tr = g_tr.norm(dim=1)

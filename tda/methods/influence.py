@@ -21,7 +21,7 @@ LISSA_NOTE = ("LiSSA with one pass of T = ceil(N/batch) steps: s_test = h_T/scal
 def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                  x_test: torch.Tensor, y_test: torch.Tensor, damp: float, scale: float, batch_size: int = 8,
                  order: str = "auto", grad_chunk: int = 256, vec_chunk: int = 64,
-                 test_chunk: int = 1024) -> tuple[torch.Tensor, str]:
+                 test_chunk: int = 256) -> tuple[torch.Tensor, str]:
     """IF by the FastIF LiSSA recursion, tau [N, M]; also returns the order used ('direct' or 'transposed').
 
     h_0 = v, h_t = v + A_t h_{t-1} with A_t = (1 - damp) I - H_t / scale, H_t the Hessian of the mean
@@ -110,7 +110,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
 def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
               x_test: torch.Tensor, y_test: torch.Tensor, damping: float, tol: float = 1e-5, max_iter: int = 500,
               grad_chunk: int = 256, vec_chunk: int = 64, data_chunk: int | None = 256,
-              test_chunk: int = 1024) -> tuple[torch.Tensor, dict]:
+              test_chunk: int = 256) -> tuple[torch.Tensor, dict]:
     """IF with s_test = (H + damping I)^-1 grad L_i by batched conjugate gradient, tau [N, M], and the solver's info.
 
     H is the Hessian of the mean training loss over all N samples (no weight decay). The matrix is
