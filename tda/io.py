@@ -118,8 +118,12 @@ def save_scores(cfg: ExperimentConfig, method: str, seed: int, scores: torch.Ten
     return path
 
 
+METHOD_SCRIPTS = {"loo": "run_loo.py", "ats": "run_ats.py", "if": "run_if.py",
+                  "gd": "run_gd_and_gc.py", "gc": "run_gd_and_gc.py"}
+
+
 def load_scores(cfg: ExperimentConfig, method: str, seed: int) -> dict:
-    script = {"loo": "run_loo.py", "ats": "run_ats.py", "if": "run_if.py",
-              "gd": "run_gd_and_gc.py", "gc": "run_gd_and_gc.py"}.get(method, "the method's script")
+    """One seed's saved scores of a method, with a one-line error naming the script that makes them."""
+    script = METHOD_SCRIPTS.get(method, "the method's script")
     return load_tensor_file(cfg.scores_path(method, seed), f"{method} scores",
                             f"run `python {script} --experiment {cfg.name} --seed_id all`")

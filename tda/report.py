@@ -27,8 +27,7 @@ from .seeds import load_seeds
 
 METHODS = ("loo", "ats", "if", "gd", "gc")
 LABELS = {"loo": "LOO", "ats": "ATS", "if": "IF", "gd": "GD", "gc": "GC"}
-SCRIPTS = {"loo": "run_loo.py", "ats": "run_ats.py", "if": "run_if.py",
-           "gd": "run_gd_and_gc.py", "gc": "run_gd_and_gc.py"}
+SCRIPTS = io.METHOD_SCRIPTS
 ALPHA = 0.05
 CORR_KINDS = ("pearson", "spearman")
 CORR_STATS = {"mean": "mean (mu)", "std": "std (sigma)", "snr": "SNR (mu/sigma)"}
