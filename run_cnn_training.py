@@ -1,7 +1,6 @@
-"""Train the CNN ensemble of an experiment: one model per seed, the last 5 epochs saved (DESIGN 4)."""
-from tda import cli
+"""Train the CNN ensemble of an experiment: one model per seed, the checkpoints of the last 5 epochs saved."""
+from tda import cli, training
 from tda.config import TDAError
-from tda.training import train_seeds
 
 
 def main(argv=None):
@@ -11,7 +10,7 @@ def main(argv=None):
     cfg, seeds = cli.experiment_and_seeds(args)
     if cfg.model == "vit":
         raise TDAError(f"{cfg.name} is a ViT experiment: use run_vit_finetuning.py")
-    rows = train_seeds(cfg, seeds, cli.resolve_device(args.device), args.overwrite)
+    rows = training.train_seeds(cfg, seeds, cli.resolve_device(args.device), args.overwrite)
     for r in rows:
         state = "already trained" if r["skipped"] else "trained"
         print(f"seed {r['seed']}: {state}, test accuracy {r['test_accuracy']:.3f} (epoch {cfg.ckpt_epochs[-1]})")

@@ -1,5 +1,6 @@
-"""Fine-tune the ViT-LoRA ensemble of an experiment: one model per seed, the last 5 epochs saved (DESIGN 4)."""
-from tda import cli, vit
+"""Fine-tune the ViT-LoRA ensemble of an experiment: one model per seed, the checkpoints of the last 5 epochs saved."""
+from tda import cli, training, vit
+from tda.backends import ViTBackend
 from tda.config import TDAError
 
 
@@ -13,11 +14,11 @@ def main(argv=None):
     cfg, seeds = cli.experiment_and_seeds(args)
     if cfg.model != "vit":
         raise TDAError(f"{cfg.name} is not a ViT experiment: use {cfg.train_script}")
-    name = args.model_name_or_path or vit.default_model_name_or_path()
-    rows = vit.finetune_seeds(cfg, seeds, name, cli.resolve_device(args.device), args.overwrite)
+    backend = ViTBackend(cfg, args.model_name_or_path or vit.default_model_name_or_path())
+    rows = training.train_seeds(cfg, seeds, cli.resolve_device(args.device), args.overwrite, backend)
     for r in rows:
         state = "already fine-tuned" if r["skipped"] else "fine-tuned"
-        print(f"seed {r['seed']}: {state} from {r['model_name_or_path']}, "
+        print(f"seed {r['seed']}: {state} from {r['checkpoint'].get('model_name_or_path', '?')}, "
               f"test accuracy {r['test_accuracy']:.3f} (epoch {cfg.ckpt_epochs[-1]})")
     print(f"checkpoints (trainable LoRA + head tensors) in {cfg.model_dir}/<seed>/epoch_<e>.pt")
 

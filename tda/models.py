@@ -1,11 +1,10 @@
-"""The paper's CNNs (DESIGN section 4); the ViT-LoRA model lives in `tda/vit.py`."""
+"""The paper's CNNs; the ViT-LoRA model is built in `tda/backends/vit.py`."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ExperimentConfig, TDAError
 
 
 class CNN(nn.Module):
@@ -27,7 +26,7 @@ class CNN(nn.Module):
 
 
 class CNN3L(nn.Module):
-    """3 conv layers (32, 64, 128; kernel 3) then fc(2048,256)-GELU-fc(256,10) (DESIGN 4)."""
+    """3 conv layers (32, 64, 128; kernel 3) then fc(2048,256)-GELU-fc(256,10) ."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
         super().__init__()
@@ -43,12 +42,3 @@ class CNN3L(nn.Module):
         x = F.max_pool2d(F.gelu(self.conv2(x)), 2)
         x = F.max_pool2d(F.gelu(self.conv3(x)), 2)
         return self.fc2(F.gelu(self.fc1(x.flatten(1))))
-
-
-def build_cnn(cfg: ExperimentConfig) -> nn.Module:
-    """A freshly initialised CNN for the experiment (draws from the global generator)."""
-    if cfg.model == "cnn":
-        return CNN(cfg.spec.channels, cfg.num_labels)
-    if cfg.model == "cnn3l":
-        return CNN3L(cfg.spec.channels, cfg.num_labels)
-    raise TDAError(f"{cfg.name} is not a CNN experiment")

@@ -1,89 +1,92 @@
-"""CNN ensemble training, the reference protocol (DESIGN section 4)."""
+"""The one training loop of every model family (the reference protocol), and training an ensemble of seeds.
+
+Per seed: `torch.manual_seed(seed)`, build the model, draw every epoch's batch order, then Adam
+(lr, L2 weight decay added to the gradient) on the mean cross-entropy of each batch, with the
+backend's learning-rate schedule; the checkpoints after each of the last `n_ckpts` epochs are kept.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import io
+from .backends import Backend, get_backend
 from .config import ExperimentConfig
-from .models import build_cnn
-
-
-def epoch_batches(n: int, batch_size: int, epochs: int) -> list[list[torch.Tensor]]:
-    """Index batches per epoch, drawn exactly as `DataLoader(subset, batch_size, shuffle=True)` does.
-
-    The loader's sampler only looks at the dataset's length, so iterating a DataLoader over
-    `range(n)` consumes the global generator the same way as the reference's DataLoader over
-    its image subset, and yields the indices it would have used.
-    """
-    loader = DataLoader(range(n), batch_size=batch_size, shuffle=True)
-    return [[b.clone() for b in loader] for _ in range(epochs)]
-
-
-def seeded_init(cfg: ExperimentConfig, seed: int, n_train: int) -> tuple[nn.Module, list[list[torch.Tensor]]]:
-    """`torch.manual_seed(seed)`, build the model, then draw every epoch's batch order (DESIGN 4)."""
-    torch.manual_seed(seed)
-    model = build_cnn(cfg)
-    return model, epoch_batches(n_train, cfg.batch_size, cfg.epochs)
+from .methods.functional import output_logits
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
-    """Top-1 accuracy in eval mode."""
+    """Top-1 accuracy in eval mode (no dropout)."""
     model.eval()
-    correct = sum(int((model(x[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum()) for i in range(0, len(x), chunk))
+    correct = sum(int((output_logits(model(x[i:i + chunk])).argmax(1) == y[i:i + chunk]).sum())
+                  for i in range(0, len(x), chunk))
     return correct / max(len(x), 1)
 
 
-def train_cnn(cfg: ExperimentConfig, seed: int, train: dict, test: dict,
-              device: str | torch.device = "cpu", progress: bool = True, on_checkpoint=None) -> list[dict]:
-    """Train one ensemble member; returns the checkpoints {'state_dict','epoch','train_loss','test_accuracy'}."""
-    device = torch.device(device)
-    model, batches = seeded_init(cfg, seed, len(train["labels"]))
+def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
+                 y_test: torch.Tensor, device: str | torch.device = "cpu", progress: bool = True,
+                 on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train one ensemble member; returns its checkpoints {'state_dict', 'epoch', 'train_loss', 'test_accuracy', ...}."""
+    cfg, device = backend.cfg, torch.device(device)
+    model, batches = backend.initial(seed, len(y))
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    x, y = train["images"].to(device), train["labels"].to(device)
-    xt, yt = test["images"].to(device), test["labels"].to(device)
+    opt = torch.optim.Adam(backend.trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = sum(len(b) for b in batches)
+    factor = backend.lr_schedule(total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor) if factor is not None else None
+    x, y, x_test, y_test = x.to(device), y.to(device), x_test.to(device), y_test.to(device)
     ckpts = []
-    bar = tqdm(range(cfg.epochs), desc=f"{cfg.name} seed {seed}", disable=not progress, leave=False)
-    for epoch in bar:
+    bar = tqdm(total=total_steps, desc=f"{cfg.name} seed {seed}", disable=not progress, leave=False, unit="step")
+    for epoch in range(cfg.epochs):
         model.train()
         total = 0.0
         for idx in batches[epoch]:
             idx = idx.to(device)
             opt.zero_grad()
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(output_logits(model(x[idx])), y[idx])
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += loss.item() * len(idx)
+            bar.update(1)
         if epoch in cfg.ckpt_epochs:
-            ck = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                  "epoch": epoch, "train_loss": total / len(y), "test_accuracy": accuracy(model, xt, yt)}
+            ck = {"state_dict": backend.checkpoint_state(model), "epoch": epoch, "train_loss": total / len(y),
+                  "test_accuracy": accuracy(model, x_test, y_test, backend.eval_chunk), **backend.checkpoint_meta()}
             ckpts.append(ck)
-            bar.set_postfix(loss=f"{ck['train_loss']:.3f}", acc=f"{ck['test_accuracy']:.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{ck['train_loss']:.3f}", acc=f"{ck['test_accuracy']:.3f}")
             if on_checkpoint is not None:
                 on_checkpoint(ck)
+    bar.close()
     return ckpts
 
 
-def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str = "cpu", overwrite: bool = False) -> list[dict]:
-    """Train and save the checkpoints of each seed, skipping finished seeds unless `overwrite`.
+def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.device = "cpu", overwrite: bool = False,
+                backend: Backend | None = None, progress: bool = True) -> list[dict]:
+    """Train and save each seed's checkpoints, skipping finished seeds unless `overwrite`.
 
-    Returns one summary row per seed: {'seed', 'skipped', 'test_accuracy' (last checkpoint)}.
+    Returns one row per seed: {'seed', 'skipped', 'test_accuracy' (last checkpoint), 'checkpoint' (its extra entries)}.
     """
-    train, test = io.load_subsets(cfg)
+    backend = backend or get_backend(cfg)
+    train, test = io.load_subsets(cfg)  # also: a one-line error naming the subset script when they are missing
+    todo = [s for s in seeds if overwrite or not io.seed_finished(cfg, s)]
+    data = None
     rows = []
-    for seed in tqdm(seeds, desc=f"training {cfg.name}", unit="seed"):
-        if io.seed_finished(cfg, seed) and not overwrite:
-            rows.append({"seed": seed, "skipped": True,
-                         "test_accuracy": io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1])["test_accuracy"]})
+    for seed in tqdm(seeds, desc=f"training {cfg.name}", unit="seed", disable=not progress):
+        if seed not in todo:
+            ck = io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1])
+            rows.append({"seed": seed, "skipped": True, "test_accuracy": ck["test_accuracy"],
+                         "checkpoint": {k: v for k, v in ck.items() if k not in ("state_dict",)}})
             continue
-        ckpts = train_cnn(cfg, seed, train, test, device,
-                          on_checkpoint=lambda ck: io.atomic_save(ck, cfg.ckpt_path(seed, ck["epoch"])))
-        rows.append({"seed": seed, "skipped": False, "test_accuracy": ckpts[-1]["test_accuracy"]})
+        if data is None:  # inputs are prepared only when there is work (the ViT's preprocessing is cached)
+            data = (backend.inputs(train, "train"), train["labels"], backend.inputs(test, "test"), test["labels"])
+        ckpts = train_member(backend, seed, *data, device=device, progress=progress,
+                             on_checkpoint=lambda ck: io.atomic_save(ck, cfg.ckpt_path(seed, ck["epoch"])))
+        rows.append({"seed": seed, "skipped": False, "test_accuracy": ckpts[-1]["test_accuracy"],
+                     "checkpoint": {k: v for k, v in ckpts[-1].items() if k != "state_dict"}})
     return rows

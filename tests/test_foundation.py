@@ -1,11 +1,9 @@
-"""Issue 2: config, data loading on real on-disk formats, subsets, seeded training, errors."""
+"""Config, data loading on real on-disk formats, subsets, seeded training, one-line errors."""
 from __future__ import annotations
 
 import gzip
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers import REPO, run_script
 from tda import data, io, training
+from tda.backends import CNNBackend, get_backend
 from tda.config import PAPER_SEEDS, TASKS, ExperimentConfig, TDAError, get_task, parse_experiment
-from tda.models import CNN, CNN3L, build_cnn
+from tda.models import CNN, CNN3L
 from tda.seeds import load_seeds, resolve_seed_ids
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ helpers writing real formats
@@ -213,7 +211,8 @@ def tiny_split(n, seed, channels=1, size=28):
 def test_training_bitwise_equals_plain_pytorch_loop(model):
     cfg = ExperimentConfig(model=model, task="digits3", num_per_class=14)
     train, test = tiny_split(42, 0), tiny_split(9, 1)
-    ckpts = training.train_cnn(cfg, 296, train, test, progress=False)
+    ckpts = training.train_member(get_backend(cfg), 296, train["images"], train["labels"], test["images"],
+                                  test["labels"], progress=False)
 
     # independent reference loop: seed, build, DataLoader(shuffle=True), torch.optim.Adam
     torch.manual_seed(296)
@@ -240,8 +239,8 @@ def test_training_bitwise_equals_plain_pytorch_loop(model):
 
 def test_same_seed_same_init_and_batches():
     cfg = ExperimentConfig(model="cnn", task="digits3", num_per_class=20)
-    m1, b1 = training.seeded_init(cfg, 571, 60)
-    m2, b2 = training.seeded_init(cfg, 571, 60)
+    m1, b1 = CNNBackend(cfg).initial(571, 60)
+    m2, b2 = CNNBackend(cfg).initial(571, 60)
     torch.manual_seed(571)
     ref = CNN(1)
     loader = DataLoader(TensorDataset(torch.arange(60)), batch_size=32, shuffle=True)
@@ -250,16 +249,10 @@ def test_same_seed_same_init_and_batches():
         assert torch.equal(m1.state_dict()[k], v) and torch.equal(m2.state_dict()[k], v)
     flat = lambda bs: [t.tolist() for e in bs for t in e]  # noqa: E731
     assert flat(b1) == flat(b2) == flat(ref_batches)
-    assert flat(training.seeded_init(cfg, 572, 60)[1]) != flat(b1)
+    assert flat(CNNBackend(cfg).initial(572, 60)[1]) != flat(b1)
 
 
 # ------------------------------------------------------------------ scripts
-def run_script(name, *args, root):
-    env = dict(os.environ, TDA_ROOT=str(root))
-    return subprocess.run([sys.executable, str(REPO / name), *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_scripts_train_digits_skip_finished_and_reject_bad_input(tmp_path):
     (tmp_path / "random_seeds.pt").write_bytes((REPO / "random_seeds.pt").read_bytes())
     r = run_script("run_subset_generation.py", "--task", "digits3", "--num_per_class", "4", root=tmp_path)

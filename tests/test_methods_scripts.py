@@ -1,27 +1,17 @@
 """The four TDA entry scripts end to end on a tiny real experiment (digits3, 2 per class, one trained seed)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from helpers import script
 from tda import cli
 from tda.config import TDAError, get_task, parse_experiment
 from tda.data import generate_subsets
 from tda.seeds import load_seeds
 from tda.training import train_seeds
 
-REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "cnn_digits3_2pc"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ SCRIPTS = [("run_loo", ("loo",), []), ("run_ats", ("ats",), []), ("run_if", ("if
 def test_script_writes_scores_and_skips_on_rerun(experiment, capsys, name, methods, extra):
     cfg = experiment
     seed = load_seeds(cfg.root)[0]
-    main = _script(name).main
+    main = script(name).main
     main(["--experiment", EXPERIMENT, "--seed_id", "0", "--device", "cpu", *extra])
     out = capsys.readouterr().out
     train = torch.load(cfg.train_subset_pt, weights_only=True)
@@ -71,7 +61,7 @@ def test_script_writes_scores_and_skips_on_rerun(experiment, capsys, name, metho
 def test_loo_protocols_and_if_cg_through_the_scripts(experiment, capsys):
     cfg = experiment
     seed = load_seeds(cfg.root)[0]
-    loo = _script("run_loo").main
+    loo = script("run_loo").main
     loo(["--experiment", EXPERIMENT, "--seed_id", "0"])
     loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "scratch"])
     assert "protocol='paper'" in capsys.readouterr().out  # an existing file of another protocol is named
@@ -80,7 +70,7 @@ def test_loo_protocols_and_if_cg_through_the_scripts(experiment, capsys):
     assert s["protocol"] == "scratch" and s["members"] == 7
     # the control member retraces training, so it lands on the saved checkpoints (float32 rounding only)
     assert max(s["control_vs_checkpoint_max_abs_test_loss_diff"]) < 1e-3
-    _script("run_if").main(["--experiment", EXPERIMENT, "--seed_id", "0", "--solver", "cg", "--max_iter", "3",
+    script("run_if").main(["--experiment", EXPERIMENT, "--seed_id", "0", "--solver", "cg", "--max_iter", "3",
                             "--overwrite"])
     s = torch.load(cfg.scores_path("if", seed), weights_only=True)["settings"]
     assert s["solver"] == "cg" and s["damping"] == cfg.weight_decay and len(s["max_rel_residual"]) == 5
@@ -88,11 +78,11 @@ def test_loo_protocols_and_if_cg_through_the_scripts(experiment, capsys):
 
 def test_missing_inputs_name_the_script_to_run(experiment, capsys):
     with pytest.raises(TDAError, match="run_cnn_training.py"):  # seed 1 was never trained
-        _script("run_ats").main(["--experiment", EXPERIMENT, "--seed_id", "1"])
+        script("run_ats").main(["--experiment", EXPERIMENT, "--seed_id", "1"])
     with pytest.raises(TDAError, match="run_subset_generation.py"):
-        _script("run_gd_and_gc").main(["--experiment", "cnn_digits3_3pc", "--seed_id", "0"])
+        script("run_gd_and_gc").main(["--experiment", "cnn_digits3_3pc", "--seed_id", "0"])
     with pytest.raises(SystemExit) as e:  # through cli.run: one line, exit code 2, no traceback
-        cli.run(_script("run_if").main, ["--experiment", EXPERIMENT, "--seed_id", "1"])
+        cli.run(script("run_if").main, ["--experiment", EXPERIMENT, "--seed_id", "1"])
     assert e.value.code == 2
     err = capsys.readouterr().err  # (progress bars also write to stderr)
     last = err.strip().splitlines()[-1]

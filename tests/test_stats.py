@@ -1,4 +1,4 @@
-"""Issue 4: the statistics of DESIGN section 6 against plain loops and scipy, computed independently here."""
+"""The statistics against plain loops and scipy, computed independently here."""
 from __future__ import annotations
 
 import math

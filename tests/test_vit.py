@@ -1,4 +1,4 @@
-"""ViT-LoRA fine-tuning and its hooks (DESIGN 4), on a tiny ViT saved with save_pretrained: CPU, offline."""
+"""ViT-LoRA fine-tuning and its backend, on a tiny ViT saved with save_pretrained: CPU, offline."""
 from __future__ import annotations
 
 import json
@@ -15,10 +15,13 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel  # noqa: E402
 
 import run_vit_finetuning  # noqa: E402
+from helpers import autograd_grads, autograd_hvp, close, script  # noqa: E402
 from tda import cli, io, vit  # noqa: E402
+from tda.backends import ViTBackend, epoch_batches, get_backend  # noqa: E402
+from tda.backends.vit import build_model, lora_target_modules, recorded_model_path  # noqa: E402
 from tda.config import ExperimentConfig, TDAError, get_task, parse_experiment  # noqa: E402
 from tda.data import generate_subsets  # noqa: E402
-from tda.methods.common import per_sample_grads, split_params  # noqa: E402
+from tda.methods.functional import mean_loss, per_sample_grads, split_params  # noqa: E402
 from tda.seeds import load_seeds  # noqa: E402
 
 EPOCHS = 6  # shortened from 15: checkpoints after epochs 1..5
@@ -50,7 +53,7 @@ def exp(tmp_path_factory):
     mp.setattr(ExperimentConfig, "epochs", property(lambda self: EPOCHS))
     cfg = parse_experiment(f"vit_digits3_{N_PER_CLASS}pc")
     generate_subsets(get_task("digits3"), [N_PER_CLASS], cfg.data_dir, "")
-    # a smaller test subset keeps the TDA scripts fast: existing index lists are used as they are (DESIGN 3)
+    # a smaller test subset keeps the TDA scripts fast: existing index lists are used as they are
     test_txt = cfg.data_dir / "test_subset.txt"
     io.write_index_list(io.read_index_list(test_txt)[::N_TEST_STRIDE], test_txt)
     generate_subsets(get_task("digits3"), [N_PER_CLASS], cfg.data_dir, "")
@@ -86,6 +89,12 @@ def plain_lora_vit(tiny: str, seed: int):
     for p in model.base_model.model.classifier.parameters():
         p.requires_grad_(True)
     return model
+
+
+def model_at(cfg, ckpt, device="cpu"):
+    """(model in eval mode, trainable params, frozen tensors) of a checkpoint, through a fresh ViT backend."""
+    model = ViTBackend(cfg).load(ckpt, device)
+    return (model, *split_params(model))
 
 
 def plain_inputs(images: torch.Tensor) -> torch.Tensor:
@@ -141,7 +150,7 @@ def test_processed_subsets_are_cached(exp, tiny):
 # ---------------------------------------------------------------- model
 def test_lora_targets_and_trainable_tensors(exp, tiny):
     torch.manual_seed(0)
-    model = vit.build_model(exp, tiny)
+    model = build_model(exp, tiny)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all(("lora_A" in n or "lora_B" in n or ".classifier." in n) for n in names)
     assert sum(".classifier." in n for n in names) == 2
@@ -151,13 +160,13 @@ def test_lora_targets_and_trainable_tensors(exp, tiny):
     assert model.base_model.model.classifier.out_features == 10
     assert model.config._attn_implementation == "eager"
     with pytest.raises(TDAError, match="no module 'nonexistent'"):
-        vit.lora_target_modules(model, ["nonexistent"])
+        lora_target_modules(model, ["nonexistent"])
 
 
 def test_seed_draws_head_and_lora_init(exp, tiny):
     def init(seed):
         torch.manual_seed(seed)
-        return vit.trainable_state(vit.build_model(exp, tiny))
+        return ViTBackend(exp, tiny).checkpoint_state(build_model(exp, tiny))
     a, b, c = init(1), init(1), init(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     head, lora_a = [k for k in a if k.endswith("classifier.weight")][0], [k for k in a if "lora_A" in k][0]
@@ -171,7 +180,7 @@ def test_finetuning_equals_plain_loop(exp, tiny, finetuned):
     assert all(c["model_name_or_path"] == str(__import__("pathlib").Path(tiny).resolve()) for c in ckpts)
 
     # the plain loop: batch orders drawn up front, as DataLoader(shuffle=True) draws them, since LoRA
-    # dropout draws from the same generator during training (DESIGN 4)
+    # dropout draws from the same generator during training
     train, test = io.load_subsets(exp)
     x, y = plain_inputs(train["images"]), train["labels"]
     model = plain_lora_vit(tiny, seed)
@@ -205,17 +214,17 @@ def test_finetuning_equals_plain_loop(exp, tiny, finetuned):
     # each checkpoint reloads into a fresh PEFT model with the trained model's outputs
     model.eval()
     rng = torch.get_rng_state()
-    reloaded, params_, frozen = vit.model_at(exp, ckpts[-1], "cpu")
+    reloaded, params_, frozen = model_at(exp, ckpts[-1], "cpu")
     assert torch.equal(torch.get_rng_state(), rng)  # model_at leaves the global generator alone
     assert not reloaded.training and set(params_) == set(ckpts[-1]["state_dict"])
     xt = plain_inputs(test["images"])
     with torch.no_grad():
         assert torch.allclose(reloaded(xt).logits, model(pixel_values=xt).logits, atol=1e-5)
     for ck in ckpts[:-1]:
-        other, p2, _ = vit.model_at(exp, ck, "cpu")
+        other, p2, _ = model_at(exp, ck, "cpu")
         assert all(torch.equal(p2[k], ck["state_dict"][k]) for k in p2)
     with pytest.raises(TDAError, match="does not match"):
-        vit.model_at(exp, {**ckpts[0], "state_dict": {"x": torch.zeros(1)}}, "cpu")
+        model_at(exp, {**ckpts[0], "state_dict": {"x": torch.zeros(1)}}, "cpu")
 
 
 def test_finished_seed_skipped_unless_overwrite(exp, tiny, finetuned, capsys):
@@ -252,7 +261,7 @@ def test_unreachable_hub_id_is_one_line_error(exp, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "save_pretrained" in err and "some-org/not-cached-vit" in err
     with pytest.raises(TDAError, match="save_pretrained"):  # the weights' loader is guarded too
-        vit._load("weights", "some-org/not-cached-vit", ViTForImageClassification.from_pretrained)
+        vit.load_pretrained("weights", "some-org/not-cached-vit", ViTForImageClassification.from_pretrained)
 
 
 def test_wrong_model_family_rejected(exp, capsys):
@@ -267,14 +276,14 @@ def test_make_tiny(exp, tmp_path):
     assert (config["hidden_size"], config["image_size"], config["patch_size"]) == (32, 32, 8)
     assert vit.image_settings(str(path))[0] == 32
     torch.manual_seed(0)
-    model = vit.build_model(exp, str(path))
+    model = build_model(exp, str(path))
     assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
 
 
-# ---------------------------------------------------------------- torch.func through the PEFT model (DESIGN 5)
-def test_per_sample_grads_and_hvp_through_peft_vit(exp, finetuned):
-    model, params, frozen = vit.model_at(exp, io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1]), "cpu")
-    train, _ = vit.tda_inputs(exp, io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1]))
+# ---------------------------------------------------------------- torch.func through the PEFT model
+def test_per_sample_grads_and_hvp_through_peft_vit(exp, tiny, finetuned):
+    model, params, frozen = model_at(exp, io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1]), "cpu")
+    train, _ = vit.processed_subsets(exp, tiny)
     x, y = train["images"][:5], train["labels"][:5]
     g = per_sample_grads(model, params, frozen, x, y, chunk=3)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -283,7 +292,6 @@ def test_per_sample_grads_and_hvp_through_peft_vit(exp, finetuned):
         assert torch.allclose(g[i], torch.cat([t.flatten() for t in gi]), atol=1e-6)
     # forward-over-reverse HVP (IF): needs eager attention, SDPA has no forward-mode AD
     from torch.func import grad, jvp
-    from tda.methods.common import mean_loss
     v = {k: torch.randn_like(t) for k, t in params.items()}
     hv = jvp(grad(lambda p: mean_loss(model, p, frozen, x, y)), (params,), (v,))[1]
     ps = {k: t.clone().requires_grad_() for k, t in params.items()}
@@ -293,44 +301,19 @@ def test_per_sample_grads_and_hvp_through_peft_vit(exp, finetuned):
     assert split_params(model)[0].keys() == params.keys()
 
 
-# ---------------------------------------------------------------- the TDA methods on the PEFT ViT (DESIGN 5)
-def _close(fast: torch.Tensor, ref: torch.Tensor, rtol: float) -> None:
-    """Equal up to rtol relative to the reference's largest entry."""
-    torch.testing.assert_close(fast, ref, rtol=rtol, atol=rtol * ref.abs().max().item())
-
-
-def _script(name: str):
-    import importlib
-    return importlib.import_module(name)
-
-
+# ---------------------------------------------------------------- the TDA methods on the PEFT ViT
 @pytest.fixture(scope="module")
-def vit64(exp, finetuned):
+def vit64(exp, tiny, finetuned):
     """The fine-tuned seed's last checkpoint as a float64 PEFT model, with 5 train and 4 test inputs."""
     ck = io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[-1])
-    model, _, _ = vit.model_at(exp, ck, "cpu")
+    model, _, _ = model_at(exp, ck, "cpu")
     model.double()
     params, frozen = split_params(model)
-    train, test = vit.tda_inputs(exp, ck)
+    train, test = vit.processed_subsets(exp, tiny)
     pick = torch.tensor([0, 13, 20, 31, 35])  # all three classes
     data = (train["images"][pick].double(), train["labels"][pick], test["images"][[0, 12, 25, 29]].double(),
             test["labels"][[0, 12, 25, 29]])
     return model, params, frozen, data
-
-
-def _grads(model, x, y):
-    """Per-sample gradients over the trainable tensors, one autograd call per sample."""
-    ps = [p for p in model.parameters() if p.requires_grad]
-    return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
-        F.cross_entropy(model(x[i:i + 1]).logits, y[i:i + 1]), ps)]) for i in range(len(y))])
-
-
-def _hvp(model, x, y, v):
-    """H v by double backward, H the Hessian of the mean loss on (x, y)."""
-    ps = [p for p in model.parameters() if p.requires_grad]
-    g = torch.autograd.grad(F.cross_entropy(model(x).logits, y), ps, create_graph=True)
-    gv = sum((gi.flatten() * vi).sum() for gi, vi in zip(g, torch.split(v, [p.numel() for p in ps])))
-    return torch.cat([h.flatten() for h in torch.autograd.grad(gv, ps)])
 
 
 def test_grad_dot_cos_ats_and_lissa_equal_plain_loops_on_peft_vit(exp, vit64):
@@ -340,10 +323,10 @@ def test_grad_dot_cos_ats_and_lissa_equal_plain_loops_on_peft_vit(exp, vit64):
     from tda.methods.influence import lissa_scores
     model, params, frozen, (x, y, xt, yt) = vit64
     assert not model.training  # eval mode: no LoRA dropout while gradients are measured
-    g_tr, g_te = _grads(model, x, y), _grads(model, xt, yt)
+    g_tr, g_te = autograd_grads(model, x, y), autograd_grads(model, xt, yt)
     gd, gc = grad_dot_and_cos(model, params, frozen, x, y, xt, yt, grad_chunk=2, test_chunk=3)
-    _close(gd, g_tr @ g_te.T, 1e-9)
-    _close(gc, (g_tr @ g_te.T) / (g_tr.norm(dim=1)[:, None] * g_te.norm(dim=1)[None]), 1e-9)
+    close(gd, g_tr @ g_te.T, 1e-9)
+    close(gc, (g_tr @ g_te.T) / (g_tr.norm(dim=1)[:, None] * g_te.norm(dim=1)[None]), 1e-9)
 
     with torch.no_grad():
         base = F.cross_entropy(model(xt).logits, yt, reduction="none")
@@ -358,7 +341,7 @@ def test_grad_dot_cos_ats_and_lissa_equal_plain_loops_on_peft_vit(exp, vit64):
     ref = torch.stack(ref)
     assert ref.abs().min() > 0
     for vectorize in (True, False):
-        _close(ats_scores(model, params, frozen, x, y, xt, yt, exp.lr, exp.weight_decay, member_chunk=2,
+        close(ats_scores(model, params, frozen, x, y, xt, yt, exp.lr, exp.weight_decay, member_chunk=2,
                           vectorize=vectorize), ref, 1e-7)
 
     damp, scale, bs = 5e-3, 5.0, 2  # a small scale so the Hessian term matters; 3 LiSSA steps
@@ -367,35 +350,35 @@ def test_grad_dot_cos_ats_and_lissa_equal_plain_loops_on_peft_vit(exp, vit64):
         v = g_te[i]
         h = v.clone()
         for t in range(3):
-            h = v + (1 - damp) * h - _hvp(model, x[bs * t:bs * t + bs], y[bs * t:bs * t + bs], h) / scale
+            h = v + (1 - damp) * h - autograd_hvp(model, x[bs * t:bs * t + bs], y[bs * t:bs * t + bs], h) / scale
         ref[:, i] = -(g_tr @ (h / scale))
     assert not torch.allclose(ref, -(g_tr @ g_te.T) * 3 / scale, rtol=1e-3)  # curvature is in play
     for order in ("direct", "transposed"):
-        _close(lissa_scores(model, params, frozen, x, y, xt, yt, damp, scale, bs, order, vec_chunk=2)[0], ref, 1e-8)
+        close(lissa_scores(model, params, frozen, x, y, xt, yt, damp, scale, bs, order, vec_chunk=2)[0], ref, 1e-8)
 
 
 def test_vit_backend_hooks(exp, tiny, finetuned):
-    from tda.attribution import backend_for
-    b = backend_for(exp)
+    from tda.methods.loo import learning_rate
+    b = get_backend(exp)
     assert b.loo_protocol == "scratch" and b.train_mode
-    lr = b.lr(exp, 10)
+    lr = learning_rate(b, exp.lr, 10)
     assert lr(0) == exp.lr and abs(lr(9) - exp.lr / 10) < 1e-15
     train, test = io.load_subsets(exp)
     processed = vit.processed_subsets(exp, tiny)
-    assert torch.equal(b.inputs(exp, train), processed[0]["images"])
-    assert torch.equal(b.inputs(exp, test), processed[1]["images"])
-    model, batches = b.initial(exp, finetuned, len(train["labels"]), torch.device("cpu"))
+    assert torch.equal(b.inputs(train, "train"), processed[0]["images"])
+    assert torch.equal(b.inputs(test, "test"), processed[1]["images"])
+    model, batches = b.initial(finetuned, len(train["labels"]))
     after_initial = torch.get_rng_state()
     torch.manual_seed(finetuned)
-    fresh = vit.build_model(exp, tiny)
+    fresh = build_model(exp, tiny)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters()))
     assert [[t.tolist() for t in e] for e in batches] == [[t.tolist() for t in e] for e in
-                                                          vit.epoch_batches(36, 32, EPOCHS)]
+                                                          epoch_batches(36, 32, EPOCHS)]
     assert torch.equal(torch.get_rng_state(), after_initial)  # the generator sits where training started
-    # paper/paired LOO: torch.manual_seed(seed), then the shared batches, no model in between (DESIGN 5)
-    cont = b.batches(exp, finetuned, 36)
+    # paper/paired LOO: torch.manual_seed(seed), then the shared batches, no model in between
+    cont = b.continuation_batches(finetuned, 36)
     torch.manual_seed(finetuned)
-    want = [[t.tolist() for t in e] for e in vit.epoch_batches(36, 32, EPOCHS)]
+    want = [[t.tolist() for t in e] for e in epoch_batches(36, 32, EPOCHS)]
     assert [[t.tolist() for t in e] for e in cont] == want
 
 
@@ -427,7 +410,7 @@ def _plain_loo(tiny, seed, x, y, xt, yt, remove, snapshots):
 
 
 def test_loo_scratch_script_equals_plain_retraining(exp, tiny, finetuned, capsys):
-    _script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
+    script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
     d = torch.load(exp.scores_path("loo", finetuned), weights_only=True)
     s = d["settings"]
     assert s["protocol"] == "scratch" and s["train_mode"] and s["members"] == 37
@@ -441,32 +424,32 @@ def test_loo_scratch_script_equals_plain_retraining(exp, tiny, finetuned, capsys
     for j in (0, 17, 35):
         ref = _plain_loo(tiny, finetuned, x, y, xt, yt, j, exp.ckpt_epochs) - full
         assert ref.abs().max() > 1e-4  # a removal effect well above float32 rounding of the losses
-        _close(tau[:, j], ref, 1e-5)  # bitwise equal on the CPU (member loop); vmapped on CUDA: rounding
+        close(tau[:, j], ref, 1e-5)  # bitwise equal on the CPU (member loop); vmapped on CUDA: rounding
 
 
 @pytest.mark.parametrize("name,methods", [("run_ats", ("ats",)), ("run_if", ("if",)),
                                           ("run_gd_and_gc", ("gd", "gc"))])
 def test_tda_scripts_take_vit_experiments(exp, finetuned, name, methods):
-    _script(name).main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
+    script(name).main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
     for m in methods:
         d = torch.load(exp.scores_path(m, finetuned), weights_only=True)
         assert d["scores"].shape == (5, 36, N_TEST) and torch.isfinite(d["scores"]).all()
         assert d["settings"]["model"] == "vit"
     if "gd" in methods:  # the scripts see the checkpoint's model and the processed inputs
         ck = io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[2])
-        model, _, _ = vit.model_at(exp, ck, "cpu")
+        model, _, _ = model_at(exp, ck, "cpu")
         train, test = io.load_subsets(exp)
-        g_tr = _grads(model, plain_inputs(train["images"][:3]), train["labels"][:3])
-        g_te = _grads(model, plain_inputs(test["images"][:2]), test["labels"][:2])
+        g_tr = autograd_grads(model, plain_inputs(train["images"][:3]), train["labels"][:3])
+        g_te = autograd_grads(model, plain_inputs(test["images"][:2]), test["labels"][:2])
         gd = torch.load(exp.scores_path("gd", finetuned), weights_only=True)["scores"][2, :3, :2]
-        _close(gd, g_tr @ g_te.T, 1e-4)
+        close(gd, g_tr @ g_te.T, 1e-4)
 
 
 def test_loo_paired_protocol_and_missing_checkpoints(exp, finetuned, tmp_path, capsys):
-    _script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--protocol", "paired", "--overwrite"])
+    script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--protocol", "paired", "--overwrite"])
     d = torch.load(exp.scores_path("loo", finetuned), weights_only=True)
     assert d["settings"]["protocol"] == "paired" and d["settings"]["members"] == 37
     assert d["scores"].shape == (5, 36, N_TEST) and torch.isfinite(d["scores"]).all() and d["scores"].abs().max() > 0
     empty = parse_experiment(exp.name, root=tmp_path)
     with pytest.raises(TDAError, match="run_vit_finetuning.py"):
-        vit.recorded_model_path(empty)
+        recorded_model_path(empty)

@@ -1,15 +1,23 @@
-"""Additional training step (DESIGN 5, ATS): one step of a fresh Adam on {z_j}, for all j at once."""
+"""Additional training step (ATS): one step of a fresh Adam on {z_j}, for all training samples j at once."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .common import Params, adam_init, adam_step, member_losses, per_sample_grads, per_sample_losses, stack, unflatten
+from .adam import adam_init, adam_step
+from .base import Checkpoint, Method, Scores, SeedData, option
+from .ensemble import member_losses, stack
+from .functional import Params, per_sample_grads, per_sample_losses, unflatten
+
+BETAS = (0.9, 0.999)
+EPS = 1e-8
 
 
 def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                x_test: torch.Tensor, y_test: torch.Tensor, lr: float, weight_decay: float,
-               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, member_chunk: int = 64,
+               betas: tuple[float, float] = BETAS, eps: float = EPS, member_chunk: int = 64,
                grad_chunk: int = 256, eval_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
     """tau [N, M] = L_i(theta'_j) - L_i(theta), theta'_j = theta after one fresh-Adam step on the batch {z_j}.
 
@@ -26,3 +34,23 @@ def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.
         adam_step(members, unflatten(g[j:j + member_chunk], params), adam_init(members), lr, weight_decay, betas, eps)
         out.append(member_losses(model, members, frozen, x_test, y_test, eval_chunk, vectorize) - base)
     return torch.cat(out)
+
+
+@dataclass
+class ATS(Method):
+    """One additional training step on each training sample; tau < 0 means the sample helps."""
+
+    name = "ats"
+    outputs = {"ats": "ATS"}
+    script = "run_ats.py"
+    sign = -1
+
+    chunk: int = option(64, "perturbed models evaluated at once", type=int)
+
+    def settings(self, data: SeedData) -> dict:
+        return {**super().settings(data), "lr": data.cfg.lr, "weight_decay": data.cfg.weight_decay,
+                "betas": list(BETAS), "eps": EPS}
+
+    def score(self, ck: Checkpoint) -> Scores:
+        cfg = ck.data.cfg
+        return {"ats": ats_scores(*ck.tensors(), cfg.lr, cfg.weight_decay, member_chunk=self.chunk)}

@@ -1,10 +1,13 @@
-"""Grad-Dot and Grad-Cos (DESIGN 5, GD / GC): per-sample gradients once per checkpoint, then matrix products."""
+"""Grad-Dot (GD) and Grad-Cos (GC): per-sample gradients once per checkpoint, then matrix products."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .common import Params, per_sample_grads
+from .base import Checkpoint, Method, Scores, option
+from .functional import Params, per_sample_grads
 
 
 def grad_dot_and_cos(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -24,13 +27,16 @@ def grad_dot_and_cos(model: nn.Module, params: Params, frozen: Params, x_train: 
     return torch.cat(gd, dim=1), torch.cat(gc, dim=1)
 
 
-def grad_dot(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
-             x_test: torch.Tensor, y_test: torch.Tensor, **kw) -> torch.Tensor:
-    """Grad-Dot [N, M]."""
-    return grad_dot_and_cos(model, params, frozen, x_train, y_train, x_test, y_test, **kw)[0]
+@dataclass
+class GradSim(Method):
+    """Grad-Dot and Grad-Cos from the same per-sample gradients; tau > 0 means the sample helps."""
 
+    name = "gd_gc"
+    outputs = {"gd": "GD", "gc": "GC"}
+    script = "run_gd_and_gc.py"
 
-def grad_cos(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
-             x_test: torch.Tensor, y_test: torch.Tensor, **kw) -> torch.Tensor:
-    """Grad-Cos [N, M]."""
-    return grad_dot_and_cos(model, params, frozen, x_train, y_train, x_test, y_test, **kw)[1]
+    chunk: int = option(256, "per-sample gradients computed at once", type=int)
+
+    def score(self, ck: Checkpoint) -> Scores:
+        gd, gc = grad_dot_and_cos(*ck.tensors(), grad_chunk=self.chunk)
+        return {"gd": gd, "gc": gc}

@@ -1,4 +1,4 @@
-"""Influence functions (DESIGN 5, IF, Koh & Liang sign): tau_ij = -grad L_j . s_test(i), s_test ~ H^-1 grad L_i.
+"""Influence functions (IF, Koh & Liang's sign): tau_ij = -grad L_j . s_test(i), s_test ~ H^-1 grad L_i.
 
 Two solvers: the reference's FastIF LiSSA recursion (one pass over batches of 8 of the unshuffled
 training subset; with only ceil(N/8) steps it is nearly a scaled Grad-Dot), and conjugate gradient on
@@ -7,15 +7,18 @@ the damped full training Hessian, a converged inverse to compare it against.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .common import Params, batched_hvp, per_sample_grads
+from .base import Method, Scores, SeedData, option
+from .functional import Params, per_sample_grads
+from .hvp import batched_hvp
 
 LISSA_NOTE = ("LiSSA with one pass of T = ceil(N/batch) steps: s_test = h_T/scale stays close to "
-              "(T+1) grad L_i / scale, so IF is nearly a scaled Grad-Dot (DESIGN 5)")
+              "(T+1) grad L_i / scale, so IF is nearly a scaled Grad-Dot")
 
 
 def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -140,3 +143,61 @@ def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.T
 def lissa_steps(n_train: int, batch_size: int) -> int:
     """T = ceil(N / batch): the reference's single pass over the unshuffled training subset."""
     return math.ceil(n_train / batch_size)
+
+
+@dataclass
+class IF(Method):
+    """Influence functions by LiSSA (the reference's settings) or conjugate gradient; tau < 0 means the sample helps."""
+
+    name = "if"
+    outputs = {"if": "IF"}
+    script = "run_if.py"
+    sign = -1
+    key_options = ("solver",)
+
+    solver: str = option("lissa", "lissa: the reference's one-pass FastIF recursion (nearly a scaled Grad-Dot); "
+                         "cg: conjugate gradient on the damped full training Hessian", choices=("lissa", "cg"))
+    order: str = option("auto", "LiSSA: run the recursion on the test gradients (direct) or, equivalently, on "
+                        "the training gradients (transposed); auto takes the smaller set",
+                        choices=("auto", "direct", "transposed"))
+    damping: float | None = option(None, "CG: lambda in (H + lambda I) (default: the weight decay)", type=float)
+    tol: float = option(1e-4, "CG: relative residual to reach", type=float)
+    max_iter: int = option(500, "CG: iteration limit", type=int)
+    chunk: int = option(64, "Hessian-vector products computed at once", type=int)
+
+    def settings(self, data: SeedData) -> dict:
+        cfg = data.cfg
+        s = super().settings(data)
+        if self.solver == "lissa":
+            s.update(damp=cfg.lissa_damp, scale=cfg.lissa_scale, batch_size=cfg.lissa_batch_size,
+                     steps=lissa_steps(data.n_train, cfg.lissa_batch_size), note=LISSA_NOTE)
+        else:
+            s["damping"] = cfg.weight_decay if self.damping is None else self.damping
+        return s
+
+    def score_seed(self, data: SeedData) -> tuple[Scores, dict]:
+        cfg, out, infos = data.cfg, [], []
+        for ck in data.each_checkpoint(f"if/{self.solver}"):
+            if self.solver == "lissa":
+                tau, used = lissa_scores(*ck.tensors(), cfg.lissa_damp, cfg.lissa_scale, cfg.lissa_batch_size,
+                                         self.order, vec_chunk=self.chunk)
+                infos.append({"order": used})
+            else:
+                damping = cfg.weight_decay if self.damping is None else self.damping
+                tau, info = cg_scores(*ck.tensors(), damping, self.tol, self.max_iter, vec_chunk=self.chunk)
+                infos.append(info)
+            out.append(tau)
+        if self.solver == "lissa":
+            facts = {"order": infos[0]["order"]}
+        else:
+            facts = {"solved_for": infos[0]["solved_for"], "iterations": [i["iterations"] for i in infos],
+                     "max_rel_residual": [i["max_rel_residual"] for i in infos],
+                     "converged": all(i["converged"] for i in infos),
+                     "negative_curvature": [i["negative_curvature"] for i in infos]}
+        return {"if": torch.stack(out)}, facts
+
+    def note(self, settings: dict) -> str:
+        if settings.get("converged") is False:
+            return (f" (CG did not reach tol {settings['tol']}: max relative residual "
+                    f"{max(settings['max_rel_residual']):.2g})")
+        return ""

@@ -1,109 +1,26 @@
-"""Leave-one-out retraining (DESIGN 5, LOO): all N leave-one-out models trained at once as one vmapped ensemble.
+"""Leave-one-out retraining (LOO), the ground truth: all N leave-one-out models trained at once as one ensemble.
 
 Removing training sample j only sets its per-sample weight to 0 in the batch loss (the batch mean
 still divides by the batch's full size), so every leave-one-out model sees the same batch sequence
 and the N retrainings are one ensemble of stacked parameters, each member with its own Adam state.
+Three protocols (see docs/methods.md): `paper` continues from each checkpoint and compares with the
+checkpoint itself (the reference); `paired` adds a control member that continues with nothing
+removed; `scratch` trains the full model and all N leave-one-out models from the seed's initialisation.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
 
-from .common import Params, adam_init, adam_step, ensemble_losses, member, per_sample_losses, stack, use_vmap
+from ..backends import Backend
+from .base import Method, Scores, SeedData, option
+from .ensemble import LR, ensemble_losses, removal_weights, train_ensemble
+from .functional import Params, per_sample_losses, split_params
 
 PROTOCOLS = ("paper", "paired", "scratch")
-LR = float | Callable[[int], float]
-
-
-def removal_weights(n: int, control: bool, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Per-sample loss weights [K, N]: row j is all ones but sample j (a leading all-ones control row if `control`)."""
-    w = 1 - torch.eye(n, device=device, dtype=dtype)
-    if control:
-        w = torch.cat([torch.ones(1, n, device=device, dtype=dtype), w])
-    return w
-
-
-def _rng_state(device: torch.device):
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
-def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
-                   batches: Sequence[Sequence[torch.Tensor]], weights: torch.Tensor, lr: LR, weight_decay: float,
-                   *, snapshot_epochs: Sequence[int] | None = None,
-                   evaluate: Callable[[Params], torch.Tensor] | None = None, chunk: int | None = None,
-                   train_mode: bool = False, vectorize: bool | None = None,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> list:
-    """Train K = len(weights) copies of `params` with Adam on the same batches, member k's loss weighted by weights[k].
-
-    batches: per epoch, the index tensors of its batches (the training run's shuffled order).
-    lr: a float, or a callable giving the learning rate of the s-th optimiser step (0-based), as an
-        LR scheduler would have set it before that step.
-    After each epoch in `snapshot_epochs` (0-based; default: the last) the stacked member parameters
-    are passed to `evaluate` (model in eval mode) and its [k, ...] result kept; without `evaluate`
-    the stacked parameters themselves are kept. Returns, per snapshot epoch, the results of all K
-    members concatenated. Members are independent, so training them `chunk` at a time is exact; the
-    RNG is rewound for every chunk and vmap uses randomness='same', so dropout (train_mode=True)
-    draws one mask per step shared by all members of every chunk. vectorize: vmap the members'
-    gradients (default: on CUDA only, see common.use_vmap); the loop alternative rewinds the RNG for
-    every member so dropout masks are shared there too.
-    """
-    device = x.device
-    k_all = weights.shape[0]
-    snaps = sorted(set(snapshot_epochs if snapshot_epochs is not None else [len(batches) - 1]))
-    chunk = chunk or k_all
-    was_training = model.training
-
-    def member_loss(p, w, xb, yb):
-        return (w * per_sample_losses(model, p, frozen, xb, yb)).sum() / len(yb)
-
-    if use_vmap(device, vectorize):
-        member_grads = vmap(grad(member_loss), in_dims=(0, 0, None, None), randomness="same")
-    else:
-        one_grad = grad(member_loss)
-
-        def member_grads(members, w, xb, yb):
-            start = _rng_state(device) if train_mode else None
-            gs = []
-            for k in range(len(w)):
-                if start is not None:
-                    _set_rng_state(start, device)
-                gs.append(one_grad(member(members, k), w[k], xb, yb))
-            return {n: torch.stack([g[n] for g in gs]) for n in members}
-    rng = _rng_state(device)
-    results: list[list] = [[] for _ in snaps]
-    try:
-        for start in range(0, k_all, chunk):
-            _set_rng_state(rng, device)
-            w = weights[start:start + chunk]
-            members = stack(params, len(w))
-            state = adam_init(members)
-            step = 0
-            for epoch in range(snaps[-1] + 1):
-                model.train(train_mode)
-                for idx in batches[epoch]:
-                    idx = idx.to(device)
-                    g = member_grads(members, w[:, idx], x[idx], y[idx])
-                    adam_step(members, g, state, lr(step) if callable(lr) else lr, weight_decay, betas, eps)
-                    step += 1
-                if epoch in snaps:
-                    model.eval()
-                    out = evaluate(members) if evaluate is not None else {n: t.clone() for n, t in members.items()}
-                    results[snaps.index(epoch)].append(out)
-    finally:
-        model.train(was_training)
-    if evaluate is not None:
-        return [torch.cat(r) for r in results]
-    return [{n: torch.cat([c[n] for c in r]) for n in r[0]} for r in results]
 
 
 def loo_continue(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -153,3 +70,63 @@ def loo_scratch(model: nn.Module, params0: Params, frozen: Params, x_train: torc
                                         weight_decay, snapshot_epochs=snapshot_epochs, evaluate=evaluate,
                                         chunk=chunk, train_mode=train_mode, vectorize=vectorize))
     return losses[:, 1:] - losses[:, :1], losses[:, 0]
+
+
+def learning_rate(backend: Backend, base_lr: float, total_steps: int) -> LR:
+    """The (re)training run's learning rate: a float, or per step when the backend schedules it."""
+    factor = backend.lr_schedule(total_steps)
+    return base_lr if factor is None else (lambda step: base_lr * factor(step))
+
+
+@dataclass
+class LOO(Method):
+    """Leave-one-out retraining; tau > 0 means the sample helps (its removal raises the test loss)."""
+
+    name = "loo"
+    outputs = {"loo": "LOO"}
+    script = "run_loo.py"
+    key_options = ("protocol",)
+
+    protocol: str | None = option(None, "paper: retrain from each checkpoint, baseline the checkpoint (the "
+                                  "reference; CNN default); paired: same plus a control member as baseline; "
+                                  "scratch: train full and LOO models side by side from the initialisation "
+                                  "(ViT default)", choices=PROTOCOLS)
+    chunk: int | None = option(None, "train at most this many LOO models at once (default: all)", type=int)
+
+    def resolved(self, backend: Backend) -> str:
+        return self.protocol or backend.loo_protocol
+
+    def expected(self, backend: Backend) -> dict:
+        return {"protocol": self.resolved(backend)}
+
+    def settings(self, data: SeedData) -> dict:
+        cfg, protocol = data.cfg, self.resolved(data.backend)
+        order = ("the training run's" if protocol == "scratch" else
+                 "the LOO continuation's (torch.manual_seed(seed), then the shuffled loader)")
+        return {**super().settings(data), "protocol": protocol, "chunk": self.chunk or 0, "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                "train_mode": data.backend.train_mode, "members": data.n_train + (protocol != "paper"),
+                "batch_order": order}
+
+    def score_seed(self, data: SeedData) -> tuple[Scores, dict]:
+        cfg, b, protocol = data.cfg, data.backend, self.resolved(data.backend)
+        if protocol == "scratch":
+            model, batches = b.initial(data.seed, data.n_train)
+            model.to(data.device)
+            params, frozen = split_params(model)
+            lr = learning_rate(b, cfg.lr, sum(len(e) for e in batches))
+            tau, control = loo_scratch(model, params, frozen, data.x_train, data.y_train, data.x_test, data.y_test,
+                                       batches, lr, cfg.weight_decay, cfg.ckpt_epochs, self.chunk, b.train_mode)
+            # the control member retraces the training run: its test losses should match the checkpoints'
+            diffs = []
+            for ck, c_loss in zip(data.checkpoints, control):
+                m, p, f = data.model_at(ck)
+                with torch.no_grad():
+                    diffs.append(float((per_sample_losses(m, p, f, data.x_test, data.y_test) - c_loss).abs().max()))
+            return {"loo": tau}, {"control_vs_checkpoint_max_abs_test_loss_diff": diffs}
+        batches = b.continuation_batches(data.seed, data.n_train)
+        lr = learning_rate(b, cfg.lr, sum(len(e) for e in batches))
+        out = [loo_continue(*ck.tensors(), batches, lr, cfg.weight_decay, paired=protocol == "paired",
+                            chunk=self.chunk, train_mode=b.train_mode)
+               for ck in data.each_checkpoint(f"loo/{protocol}")]
+        return {"loo": torch.stack(out)}, {}

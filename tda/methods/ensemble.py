@@ -1,0 +1,143 @@
+"""Ensembles of stacked parameters: K copies of a model trained and evaluated side by side.
+
+LOO's N retrainings and ATS's N perturbed models are such ensembles. Members are independent, so
+any split into chunks is exact. Members' gradients are `vmap`ped on CUDA; on the CPU a vmapped
+convolution becomes a grouped convolution that measured slower than a loop of ordinary batched
+calls, so there members are looped (`use_vmap`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from .adam import adam_init, adam_step
+from .functional import Params, per_sample_losses
+
+LR = float | Callable[[int], float]
+Batches = Sequence[Sequence[torch.Tensor]]
+
+
+def stack(params: Params, k: int) -> Params:
+    """K independent copies of `params`, stacked on a new leading member dimension."""
+    return {n: t.detach().unsqueeze(0).expand(k, *t.shape).clone() for n, t in params.items()}
+
+
+def member(stacked: Params, k: int) -> Params:
+    """Member k of stacked parameters."""
+    return {n: t[k] for n, t in stacked.items()}
+
+
+def use_vmap(device: torch.device, vectorize: bool | None) -> bool:
+    """Whether to vmap over ensemble members: by default on CUDA only (see the module docstring)."""
+    return device.type == "cuda" if vectorize is None else vectorize
+
+
+def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                  chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+    """Per-sample losses of every stacked member on every sample, [K, M]; at most ~`chunk` (member, sample) pairs at once."""
+    k = next(iter(stacked.values())).shape[0]
+    with torch.no_grad():
+        if not use_vmap(x.device, vectorize):
+            return torch.stack([torch.cat([per_sample_losses(model, member(stacked, j), frozen, x[i:i + chunk],
+                                                             y[i:i + chunk]) for i in range(0, len(x), chunk)])
+                                for j in range(k)])
+        f = vmap(lambda p, xx, yy: per_sample_losses(model, p, frozen, xx, yy), in_dims=(0, None, None))
+        step = max(1, chunk // max(k, 1))
+        return torch.cat([f(stacked, x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)], dim=1)
+
+
+def ensemble_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                    member_chunk: int = 64, pair_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+    """`member_losses` with the members themselves also processed `member_chunk` at a time, [K, M]."""
+    k = next(iter(stacked.values())).shape[0]
+    return torch.cat([member_losses(model, {n: t[i:i + member_chunk] for n, t in stacked.items()}, frozen, x, y,
+                                    pair_chunk, vectorize) for i in range(0, k, member_chunk)])
+
+
+def removal_weights(n: int, control: bool, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Per-sample loss weights [K, N]: row j is all ones but sample j (a leading all-ones control row if `control`)."""
+    w = 1 - torch.eye(n, device=device, dtype=dtype)
+    if control:
+        w = torch.cat([torch.ones(1, n, device=device, dtype=dtype), w])
+    return w
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                   batches: Batches, weights: torch.Tensor, lr: LR, weight_decay: float,
+                   *, snapshot_epochs: Sequence[int] | None = None,
+                   evaluate: Callable[[Params], torch.Tensor] | None = None, chunk: int | None = None,
+                   train_mode: bool = False, vectorize: bool | None = None,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> list:
+    """Train K = len(weights) copies of `params` with Adam on the same batches, member k's loss weighted by weights[k].
+
+    batches: per epoch, the index tensors of its batches (the training run's shuffled order).
+    lr: a float, or a callable giving the learning rate of the s-th optimiser step (0-based), as an
+        LR scheduler would have set it before that step.
+    After each epoch in `snapshot_epochs` (0-based; default: the last) the stacked member parameters
+    are passed to `evaluate` (model in eval mode) and its [k, ...] result kept; without `evaluate`
+    the stacked parameters themselves are kept. Returns, per snapshot epoch, the results of all K
+    members concatenated. Members are trained `chunk` at a time; the RNG is rewound for every chunk
+    and vmap uses randomness='same', so dropout (train_mode=True) draws one mask per step shared by
+    all members; the member loop rewinds the RNG for every member, so it shares the masks too.
+    """
+    device = x.device
+    k_all = weights.shape[0]
+    snaps = sorted(set(snapshot_epochs if snapshot_epochs is not None else [len(batches) - 1]))
+    chunk = chunk or k_all
+    was_training = model.training
+
+    def member_loss(p, w, xb, yb):
+        return (w * per_sample_losses(model, p, frozen, xb, yb)).sum() / len(yb)
+
+    if use_vmap(device, vectorize):
+        member_grads = vmap(grad(member_loss), in_dims=(0, 0, None, None), randomness="same")
+    else:
+        one_grad = grad(member_loss)
+
+        def member_grads(members, w, xb, yb):
+            start = _rng_state(device) if train_mode else None
+            gs = []
+            for k in range(len(w)):
+                if start is not None:
+                    _set_rng_state(start, device)
+                gs.append(one_grad(member(members, k), w[k], xb, yb))
+            return {n: torch.stack([g[n] for g in gs]) for n in members}
+    rng = _rng_state(device)
+    results: list[list] = [[] for _ in snaps]
+    try:
+        for start in range(0, k_all, chunk):
+            _set_rng_state(rng, device)
+            w = weights[start:start + chunk]
+            members = stack(params, len(w))
+            state = adam_init(members)
+            step = 0
+            for epoch in range(snaps[-1] + 1):
+                model.train(train_mode)
+                for idx in batches[epoch]:
+                    idx = idx.to(device)
+                    g = member_grads(members, w[:, idx], x[idx], y[idx])
+                    adam_step(members, g, state, lr(step) if callable(lr) else lr, weight_decay, betas, eps)
+                    step += 1
+                if epoch in snaps:
+                    model.eval()
+                    out = evaluate(members) if evaluate is not None else {n: t.clone() for n, t in members.items()}
+                    results[snaps.index(epoch)].append(out)
+    finally:
+        model.train(was_training)
+    if evaluate is not None:
+        return [torch.cat(r) for r in results]
+    return [{n: torch.cat([c[n] for c in r]) for n in r[0]} for r in results]

@@ -1,0 +1,37 @@
+"""Hessian-vector products of the mean training loss, batched over many vectors."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from .functional import Params, flatten, mean_loss, unflatten
+
+
+def batched_hvp(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                vectors: torch.Tensor, data_chunk: int | None = None, vec_chunk: int = 64) -> torch.Tensor:
+    """H v for a batch of flattened vectors [R, P], H the Hessian of the mean loss on (x, y) (no weight decay).
+
+    Forward-over-reverse (jvp of grad) vmapped over the vectors; with `data_chunk` the mean over
+    the data is accumulated chunk by chunk (weights n_chunk / n), which bounds activation memory.
+    """
+    flat0 = flatten(params)
+    n = len(x)
+    data_chunk = data_chunk or n
+
+    def loss_at(flat, xc, yc):
+        return mean_loss(model, unflatten(flat, params), frozen, xc, yc)
+
+    def hvp_one(v, xc, yc):
+        return torch.func.jvp(lambda f: grad(loss_at)(f, xc, yc), (flat0,), (v,))[1]
+
+    f = vmap(hvp_one, in_dims=(0, None, None))
+    out = []
+    for r in range(0, len(vectors), vec_chunk):
+        v = vectors[r:r + vec_chunk]
+        acc = torch.zeros_like(v)
+        for i in range(0, n, data_chunk):
+            xc, yc = x[i:i + data_chunk], y[i:i + data_chunk]
+            acc += f(v, xc, yc) * (len(xc) / n)
+        out.append(acc)
+    return torch.cat(out) if out else vectors.clone()

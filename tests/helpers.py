@@ -1,0 +1,57 @@
+"""Helpers shared by the tests: entry-script loading and running, tolerances, and plain autograd references."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """An entry script (e.g. 'run_loo') imported as a module, so its `main(argv)` can be called in-process."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"{name.removesuffix('.py')}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_script(name: str, *args: str, root: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run an entry script as a user would, in a fresh interpreter, with TDA_ROOT=root and cwd=root."""
+    full_env = dict(os.environ, TDA_ROOT=str(root), **(env or {}))
+    return subprocess.run([sys.executable, str(REPO / name), *args], cwd=root, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def close(fast: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-7) -> None:
+    """Equal up to rtol relative to the reference's largest entry (entries near 0 are judged on that scale)."""
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(fast, ref, rtol=rtol, atol=rtol * scale)
+
+
+def _logits(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def autograd_grads(model, x, y) -> torch.Tensor:
+    """Per-sample gradients over the trainable parameters, one autograd call per sample, [B, P]."""
+    ps = trainable(model)
+    return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+        F.cross_entropy(_logits(model(x[i:i + 1])), y[i:i + 1]), ps)]) for i in range(len(y))])
+
+
+def autograd_hvp(model, x, y, v: torch.Tensor) -> torch.Tensor:
+    """H v by double backward, H the Hessian of the mean loss on (x, y) over the trainable parameters."""
+    ps = trainable(model)
+    g = torch.autograd.grad(F.cross_entropy(_logits(model(x)), y), ps, create_graph=True)
+    gv = sum((gi.flatten() * vi).sum() for gi, vi in zip(g, torch.split(v, [p.numel() for p in ps])))
+    return torch.cat([h.flatten() for h in torch.autograd.grad(gv, ps)])
