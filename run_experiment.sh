@@ -52,4 +52,4 @@ step correlations run_correlations.py --experiment "$EXP"
 
 echo
 echo "== summary of $EXP (pipeline wall time $SECONDS s)"
-"$PY" -m tda.report --experiment "$EXP"
+"$PY" -m tda.results.report --experiment "$EXP"

@@ -1,4 +1,5 @@
-"""The TDA methods, registered by name. Adding a method: one module with a `Method` subclass, one line below.
+"""The TDA methods, registered by name. Adding a method: one module with a `@register`ed `Method` subclass,
+and its module's name in the import line below.
 
 Each method's scores land in tda_scores/<experiment>/<output>/<seed>.pt, one file per output it
 declares; the results step picks up every registered output by itself.
@@ -6,13 +7,12 @@ declares; the results step picks up every registered output by itself.
 from __future__ import annotations
 
 from ..config import TDAError
+from . import loo, ats, influence, grad_sim  # noqa: F401,I001 - importing a method's module registers it
 from .ats import ATS
-from .base import Checkpoint, Method, SeedData, option
+from .base import REGISTRY, Checkpoint, Method, SeedData, option, register
 from .grad_sim import GradSim
 from .influence import IF
 from .loo import LOO
-
-REGISTRY: dict[str, type[Method]] = {m.name: m for m in (LOO, ATS, IF, GradSim)}
 
 
 def get_method(name: str) -> type[Method]:
@@ -34,4 +34,4 @@ def label(output: str) -> str:
 
 
 __all__ = ["ATS", "IF", "LOO", "GradSim", "Checkpoint", "Method", "SeedData", "REGISTRY", "get_method", "label",
-           "option", "outputs"]
+           "option", "outputs", "register"]

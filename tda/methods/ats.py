@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .adam import adam_init, adam_step
-from .base import Checkpoint, Method, Scores, SeedData, option
+from .base import Checkpoint, Method, Scores, SeedData, option, register
 from .ensemble import member_losses, stack
 from .functional import Params, per_sample_grads, per_sample_losses, unflatten
 
@@ -36,6 +36,7 @@ def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.
     return torch.cat(out)
 
 
+@register
 @dataclass
 class ATS(Method):
     """One additional training step on each training sample; tau < 0 means the sample helps."""

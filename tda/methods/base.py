@@ -80,6 +80,20 @@ class Checkpoint:
 
 Scores = dict[str, torch.Tensor]
 
+#: every registered method by name, in registration order (the order of tables and figures)
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator that makes a method known to the driver, the entry scripts and the results step."""
+    if not cls.name or not cls.outputs:
+        raise ValueError(f"{cls.__name__} must set `name` and `outputs` before it is registered")
+    taken = {o for m in REGISTRY.values() if m is not cls for o in m.outputs}
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls or taken & set(cls.outputs):
+        raise ValueError(f"{cls.__name__}: the name {cls.name!r} or one of its outputs is already registered")
+    REGISTRY[cls.name] = cls
+    return cls
+
 
 @dataclass
 class Method:

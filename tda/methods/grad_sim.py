@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Checkpoint, Method, Scores, option
+from .base import Checkpoint, Method, Scores, option, register
 from .functional import Params, per_sample_grads
 
 
@@ -27,6 +27,7 @@ def grad_dot_and_cos(model: nn.Module, params: Params, frozen: Params, x_train: 
     return torch.cat(gd, dim=1), torch.cat(gc, dim=1)
 
 
+@register
 @dataclass
 class GradSim(Method):
     """Grad-Dot and Grad-Cos from the same per-sample gradients; tau > 0 means the sample helps."""

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .base import Method, Scores, SeedData, option
+from .base import Method, Scores, SeedData, option, register
 from .functional import Params, per_sample_grads
 from .hvp import batched_hvp
 
@@ -145,6 +145,7 @@ def lissa_steps(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
+@register
 @dataclass
 class IF(Method):
     """Influence functions by LiSSA (the reference's settings) or conjugate gradient; tau < 0 means the sample helps."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..backends import Backend
-from .base import Method, Scores, SeedData, option
+from .base import Method, Scores, SeedData, option, register
 from .ensemble import LR, ensemble_losses, removal_weights, train_ensemble
 from .functional import Params, per_sample_losses, split_params
 
@@ -78,6 +78,7 @@ def learning_rate(backend: Backend, base_lr: float, total_steps: int) -> LR:
     return base_lr if factor is None else (lambda step: base_lr * factor(step))
 
 
+@register
 @dataclass
 class LOO(Method):
     """Leave-one-out retraining; tau > 0 means the sample helps (its removal raises the test loss)."""
