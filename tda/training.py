@@ -75,7 +75,8 @@ def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.dev
     backend = backend or get_backend(cfg)
     train, test = io.load_subsets(cfg)  # also: a one-line error naming the subset script when they are missing
     todo = [s for s in seeds if overwrite or not io.seed_finished(cfg, s)]
-    data = None
+    # inputs are prepared only when there is work (the ViT's preprocessing loads its processor)
+    data = (backend.inputs(train, "train"), train["labels"], backend.inputs(test, "test"), test["labels"]) if todo else None
     rows = []
     for seed in tqdm(seeds, desc=f"training {cfg.name}", unit="seed", disable=not progress):
         if seed not in todo:
@@ -83,8 +84,6 @@ def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.dev
             rows.append({"seed": seed, "skipped": True, "test_accuracy": ck["test_accuracy"],
                          "checkpoint": {k: v for k, v in ck.items() if k not in ("state_dict",)}})
             continue
-        if data is None:  # inputs are prepared only when there is work (the ViT's preprocessing is cached)
-            data = (backend.inputs(train, "train"), train["labels"], backend.inputs(test, "test"), test["labels"])
         ckpts = train_member(backend, seed, *data, device=device, progress=progress,
                              on_checkpoint=lambda ck: io.atomic_save(ck, cfg.ckpt_path(seed, ck["epoch"])))
         rows.append({"seed": seed, "skipped": False, "test_accuracy": ckpts[-1]["test_accuracy"],
