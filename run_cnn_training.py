@@ -1,5 +1,5 @@
 """Train the CNN ensemble of an experiment: one model per seed, the checkpoints of the last 5 epochs saved."""
-from tda import cli, training
+from tda import cli, training, workers
 from tda.config import TDAError
 
 
@@ -10,10 +10,15 @@ def main(argv=None):
     cfg, seeds = cli.experiment_and_seeds(args)
     if cfg.model == "vit":
         raise TDAError(f"{cfg.name} is a ViT experiment: use run_vit_finetuning.py")
-    rows = training.train_seeds(cfg, seeds, cli.resolve_device(args.device), args.overwrite)
+    device = cli.resolve_device(args.device)
+    rows = training.train_seeds(cfg, seeds, device, args.overwrite, workers=cli.workers(args, device), strict=False)
     for r in rows:
+        if r["error"]:
+            print(f"seed {r['seed']}: failed: {r['error'].splitlines()[0]}")
+            continue
         state = "already trained" if r["skipped"] else "trained"
         print(f"seed {r['seed']}: {state}, test accuracy {r['test_accuracy']:.3f} (epoch {cfg.ckpt_epochs[-1]})")
+    workers.raise_failed_rows(rows)
     print(f"checkpoints in {cfg.model_dir}/<seed>/epoch_<e>.pt")
 
 

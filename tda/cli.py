@@ -9,6 +9,7 @@ import torch
 
 from .config import ExperimentConfig, TDAError, parse_experiment
 from .seeds import load_seeds, resolve_seed_ids
+from .workers import default_workers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,12 +22,15 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def add_experiment_args(p: argparse.ArgumentParser, seeds: bool = True) -> None:
-    """--experiment, and for per-seed scripts --seed_id, --device, --overwrite."""
+    """--experiment, and for per-seed scripts --seed_id, --device, --overwrite, --workers."""
     p.add_argument("--experiment", required=True, help="<model>_<task>_<n>pc, e.g. cnn_digits3_10pc")
     if seeds:
         p.add_argument("--seed_id", required=True, help="index into random_seeds.pt (0..9) or 'all'")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--overwrite", action="store_true", help="recompute finished outputs")
+        p.add_argument("--workers", type=int, default=None,
+                       help="seeds computed in parallel processes (default: $TDA_WORKERS, else one per CPU core "
+                            "with one thread each, or one per visible GPU; 1: all in this process)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,6 +40,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TDAError("--device cuda requested but no CUDA device is available: use --device cpu or auto")
     return torch.device(name)
+
+
+def workers(args, device: torch.device) -> int:
+    """--workers, or its default for the device (one per CPU core or visible GPU)."""
+    if args.workers is None:
+        return default_workers(device)
+    if args.workers < 1:
+        raise TDAError(f"--workers must be >= 1, got {args.workers}")
+    return args.workers
 
 
 def experiment_and_seeds(args) -> tuple[ExperimentConfig, list[int]]:

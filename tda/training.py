@@ -17,6 +17,7 @@ from . import io
 from .backends import Backend, get_backend
 from .config import ExperimentConfig
 from .methods.functional import output_logits
+from .workers import raise_failed_rows, run_jobs
 
 
 @torch.no_grad()
@@ -66,26 +67,60 @@ def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, 
     return ckpts
 
 
-def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.device = "cpu", overwrite: bool = False,
-                backend: Backend | None = None, progress: bool = True) -> list[dict]:
-    """Train and save each seed's checkpoints, skipping finished seeds unless `overwrite`.
+def _row(seed: int, ckpt: dict, skipped: bool) -> dict:
+    return {"seed": seed, "skipped": skipped, "test_accuracy": ckpt["test_accuracy"],
+            "checkpoint": {k: v for k, v in ckpt.items() if k != "state_dict"}}
 
-    Returns one row per seed: {'seed', 'skipped', 'test_accuracy' (last checkpoint), 'checkpoint' (its extra entries)}.
+
+def train_seed(backend: Backend, seed: int, data: tuple, device: str | torch.device = "cpu",
+               progress: bool = True) -> dict:
+    """Train one seed on prepared (x, y, x_test, y_test) and save its checkpoints atomically; returns its row."""
+    cfg = backend.cfg
+    ckpts = train_member(backend, seed, *data, device=device, progress=progress,
+                         on_checkpoint=lambda ck: io.atomic_save(ck, cfg.ckpt_path(seed, ck["epoch"])))
+    return _row(seed, ckpts[-1], skipped=False)
+
+
+def _prepared(backend: Backend) -> tuple:
+    train, test = io.load_subsets(backend.cfg)
+    return backend.inputs(train, "train"), train["labels"], backend.inputs(test, "test"), test["labels"]
+
+
+def _train_job(backend: Backend, seed: int, device: str) -> dict:
+    """One seed in a worker process."""
+    return train_seed(backend, seed, _prepared(backend), device, progress=False)
+
+
+def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.device = "cpu", overwrite: bool = False,
+                backend: Backend | None = None, progress: bool = True, workers: int = 1,
+                strict: bool = True) -> list[dict]:
+    """Train and save each seed's checkpoints, skipping finished seeds unless `overwrite`; `workers` seeds at a time.
+
+    Returns one row per seed: {'seed', 'skipped', 'test_accuracy' (last checkpoint), 'checkpoint' (its other
+    entries), 'error'}. A seed that fails does not stop the others; afterwards, with `strict`, one TDAError
+    names the failed seeds.
     """
+    device = torch.device(device)
     backend = backend or get_backend(cfg)
-    train, test = io.load_subsets(cfg)  # also: a one-line error naming the subset script when they are missing
-    todo = [s for s in seeds if overwrite or not io.seed_finished(cfg, s)]
-    # inputs are prepared only when there is work (the ViT's preprocessing loads its processor)
-    data = (backend.inputs(train, "train"), train["labels"], backend.inputs(test, "test"), test["labels"]) if todo else None
-    rows = []
-    for seed in tqdm(seeds, desc=f"training {cfg.name}", unit="seed", disable=not progress):
-        if seed not in todo:
-            ck = io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1])
-            rows.append({"seed": seed, "skipped": True, "test_accuracy": ck["test_accuracy"],
-                         "checkpoint": {k: v for k, v in ck.items() if k not in ("state_dict",)}})
-            continue
-        ckpts = train_member(backend, seed, *data, device=device, progress=progress,
-                             on_checkpoint=lambda ck: io.atomic_save(ck, cfg.ckpt_path(seed, ck["epoch"])))
-        rows.append({"seed": seed, "skipped": False, "test_accuracy": ckpts[-1]["test_accuracy"],
-                     "checkpoint": {k: v for k, v in ckpts[-1].items() if k != "state_dict"}})
-    return rows
+    io.load_subsets(cfg)  # a one-line error naming the subset script when they are missing
+    rows: dict[int, dict] = {}
+    todo = []
+    for seed in seeds:
+        if overwrite or not io.seed_finished(cfg, seed):
+            todo.append(seed)
+        else:
+            rows[seed] = _row(seed, io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1]), skipped=True)
+    if todo:
+        # inputs prepared before the first seed, so a bad input is one error, not one per seed
+        data = _prepared(backend)
+        if workers > 1 and len(todo) > 1:
+            jobs, fn = [(f"seed {s}", (backend, s, str(device))) for s in todo], _train_job
+        else:
+            jobs = [(f"seed {s}", (s,)) for s in todo]
+            fn = lambda s: train_seed(backend, s, data, device, progress)  # noqa: E731
+        for seed, o in zip(todo, run_jobs(fn, jobs, workers, device, f"training {cfg.name}", progress)):
+            rows[seed] = o.value if o.error is None else {"seed": seed, "skipped": False, "error": o.error}
+    out = [{"error": None, **rows[s]} for s in seeds]
+    if strict:
+        raise_failed_rows(out)
+    return out

@@ -1,0 +1,126 @@
+"""Seeds in parallel: one worker process per CPU core (one intra-op thread each) or per visible GPU.
+
+Seeds are independent, so the natural way to use a machine is one process per core or GPU. On the
+CPU each worker runs torch with a single intra-op thread: several threads of one process wait for
+each other on every small operation, and badly so when anything else shares the cores. On CUDA
+each worker is pinned to its own device. A seed that fails reports its one-line error and the
+others finish; the caller then raises one error naming the failed seeds.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import TDAError
+
+WORKERS_ENV = "TDA_WORKERS"
+
+
+def default_workers(device: torch.device) -> int:
+    """$TDA_WORKERS if set, else one per visible GPU on CUDA, else one per usable CPU core."""
+    env = os.environ.get(WORKERS_ENV)
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise TDAError(f"${WORKERS_ENV} must be a positive integer, got {env!r}")
+    if device.type == "cuda":
+        return max(1, torch.cuda.device_count())
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@dataclass
+class Outcome:
+    """What one job gave: its value, or the one-line error (or traceback of an unexpected failure) it raised."""
+
+    label: str
+    value: Any = None
+    error: str | None = None
+    unexpected: bool = False
+
+
+def _init_worker(device_type: str, n_gpus: int, slots) -> None:
+    with slots.get_lock():
+        slot = slots.value
+        slots.value += 1
+    if device_type == "cuda" and n_gpus:
+        torch.cuda.set_device(slot % n_gpus)
+    else:
+        torch.set_num_threads(1)
+
+
+def _call(fn: Callable, args: tuple) -> Outcome:
+    try:
+        return Outcome("", value=fn(*args))
+    except TDAError as e:
+        return Outcome("", error=str(e))
+    except Exception as e:  # noqa: BLE001 - a bug in one seed must not lose the others' results
+        return Outcome("", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}", unexpected=True)
+
+
+def run_jobs(fn: Callable, jobs: list[tuple[str, tuple]], workers: int, device: torch.device,
+             desc: str, progress: bool = True) -> list[Outcome]:
+    """Run fn(*args) for each (label, args) job, `workers` processes at a time, in job order.
+
+    `fn` must be a module-level function (it is sent to spawned processes). With one worker (or one
+    job) everything runs in this process, and an unexpected exception propagates as usual.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for label, args in tqdm(jobs, desc=desc, unit="seed", disable=not progress or len(jobs) <= 1):
+            try:
+                out.append(Outcome(label, value=fn(*args)))
+            except TDAError as e:
+                out.append(Outcome(label, error=str(e)))
+                if len(jobs) > 1:  # a single job's error is raised by the caller instead
+                    _report(out[-1])
+        return out
+    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+    slots = ctx.Value("i", 0)
+    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    results: list[Outcome | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(device.type, n_gpus, slots)) as pool:
+        futures = {pool.submit(_call, fn, args): k for k, (_, args) in enumerate(jobs)}
+        bar = tqdm(total=len(jobs), desc=f"{desc} ({min(workers, len(jobs))} workers)", unit="seed",
+                   disable=not progress)
+        for fut in as_completed(futures):
+            k = futures[fut]
+            o = fut.result()
+            o.label = jobs[k][0]
+            results[k] = o
+            if o.error is not None:
+                _report(o, bar)
+            bar.update(1)
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _report(o: Outcome, bar=None) -> None:
+    text = f"{o.label}: error: {o.error}"
+    (bar.write if bar is not None else print)(text, file=sys.stderr)
+
+
+def raise_failures(outcomes: list[Outcome]) -> None:
+    """One TDAError for the failed jobs (a single failure keeps its own message); nothing if all succeeded."""
+    failed = [o for o in outcomes if o.error is not None]
+    if not failed:
+        return
+    if len(failed) == 1 and len(outcomes) == 1:
+        raise TDAError(failed[0].error)
+    first = failed[0].error.splitlines()[0]
+    raise TDAError(f"{len(failed)} of {len(outcomes)} failed ({', '.join(o.label for o in failed)}); "
+                   f"first: {first}")
+
+
+def raise_failed_rows(rows: list[dict]) -> None:
+    """`raise_failures` for per-seed rows {'seed', 'error', ...}."""
+    raise_failures([Outcome(f"seed {r['seed']}", error=r.get("error")) for r in rows])
