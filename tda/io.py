@@ -1,4 +1,4 @@
-"""File I/O at the edges: atomic writes, checkpoints, subsets and score files (DESIGN 2, 7)."""
+"""File I/O at the edges: atomic writes, checkpoints, subsets and score files."""
 from __future__ import annotations
 
 import os
@@ -118,12 +118,7 @@ def save_scores(cfg: ExperimentConfig, method: str, seed: int, scores: torch.Ten
     return path
 
 
-METHOD_SCRIPTS = {"loo": "run_loo.py", "ats": "run_ats.py", "if": "run_if.py",
-                  "gd": "run_gd_and_gc.py", "gc": "run_gd_and_gc.py"}
-
-
-def load_scores(cfg: ExperimentConfig, method: str, seed: int) -> dict:
-    """One seed's saved scores of a method, with a one-line error naming the script that makes them."""
-    script = METHOD_SCRIPTS.get(method, "the method's script")
-    return load_tensor_file(cfg.scores_path(method, seed), f"{method} scores",
-                            f"run `python {script} --experiment {cfg.name} --seed_id all`")
+def load_scores(cfg: ExperimentConfig, method: str, seed: int, fix: str | None = None) -> dict:
+    """One seed's saved scores of an output; `fix` (e.g. "run `python run_loo.py ...`") ends a one-line error."""
+    fix = fix or f"compute the {method} scores first (--experiment {cfg.name} --seed_id all)"
+    return load_tensor_file(cfg.scores_path(method, seed), f"{method} scores", fix)

@@ -1,36 +1,28 @@
-"""Issue 4: run_pvalues.py / run_correlations.py end to end on synthetic score files; missing inputs; resume."""
+"""run_pvalues.py / run_correlations.py end to end on synthetic score files; missing inputs; resume."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from tda import cli, io, report
+from helpers import script
+from tda import cli, io, plots, results
 from tda.config import TDAError, parse_experiment
+from tda.results import report
+from tda.results.inventory import Inventory
 from tda.seeds import load_seeds, write_random_seeds
 
-REPO = Path(__file__).resolve().parents[1]
 EXP = "cnn_digits3_2pc"  # 6 training samples
 TRAIN_IDX = [11, 3, 27, 40, 5, 8]
 TEST_IDX = [900, 901, 905, 910, 77, 78, 79, 1]
 SIGN = {"loo": 1, "ats": -1, "if": -1, "gd": 1, "gc": 1}
 LABELS = ["LOO", "ATS", "IF", "GD", "GC"]
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-run_pvalues = _script("run_pvalues")
-run_correlations = _script("run_correlations")
+run_pvalues = script("run_pvalues")
+run_correlations = script("run_correlations")
 
 
 def _signal() -> torch.Tensor:
@@ -177,7 +169,7 @@ def test_no_scores_is_a_one_line_error(root, capsys):
 
 def test_finished_steps_are_not_recomputed(root, monkeypatch):
     # the figures' content is not the point here: stand-ins that depend on the data keep it fast
-    monkeypatch.setattr(report.plots, "figure_bytes", lambda fig, fmt: repr(
+    monkeypatch.setattr(plots, "figure_bytes", lambda fig, fmt: repr(
         [[t.get_text() for t in ax.texts] + [len(ax.patches)] for ax in fig.axes]).encode())
     cfg = parse_experiment(EXP)
     write_scores(cfg)
@@ -188,15 +180,15 @@ def test_finished_steps_are_not_recomputed(root, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished step loaded scores again")
     with monkeypatch.context() as mp:
-        mp.setattr(report, "load_method", boom)
+        mp.setattr(Inventory, "load", boom)
         assert run_pvalues.main(["--experiment", EXP]).skipped
         assert run_correlations.main(["--experiment", EXP]).skipped
     assert mtimes(cfg) == before
 
     # --overwrite recomputes, but identical results leave the files untouched
     calls = []
-    orig = report.load_method
-    monkeypatch.setattr(report, "load_method", lambda inv, m: calls.append(m) or orig(inv, m))
+    orig = Inventory.load
+    monkeypatch.setattr(Inventory, "load", lambda inv, m: calls.append(m) or orig(inv, m))
     assert not run_pvalues.main(["--experiment", EXP, "--overwrite"]).skipped
     assert sorted(calls) == sorted(SIGN)
     assert outputs(cfg) == first
@@ -222,8 +214,8 @@ def uninterrupted(tmp_path_factory) -> dict[str, bytes]:
     cfg = parse_experiment(EXP, root=tmp_path_factory.mktemp("ref"))
     write_random_seeds(cfg.root / "random_seeds.pt")
     write_scores(cfg)
-    report.pvalues_step(cfg, log=lambda s: None)
-    report.correlations_step(cfg, log=lambda s: None)
+    results.pvalues_step(cfg, log=lambda s: None)
+    results.correlations_step(cfg, log=lambda s: None)
     report.write_report(cfg)
     return outputs(cfg)
 
@@ -232,7 +224,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, bytes]:
 def test_killed_run_resumes_to_identical_outputs(root, monkeypatch, uninterrupted, kill_after):
     cfg = parse_experiment(EXP)
     write_scores(cfg)
-    orig, n = report.Outputs.write, [0]
+    orig, n = results.Outputs.write, [0]
 
     def dying_write(self, name, data, fp):
         if n[0] == kill_after:
@@ -240,7 +232,7 @@ def test_killed_run_resumes_to_identical_outputs(root, monkeypatch, uninterrupte
         n[0] += 1
         return orig(self, name, data, fp)
     with monkeypatch.context() as mp:
-        mp.setattr(report.Outputs, "write", dying_write)
+        mp.setattr(results.Outputs, "write", dying_write)
         with pytest.raises(KeyboardInterrupt):
             run_pvalues.main(["--experiment", EXP])
     done = mtimes(cfg)

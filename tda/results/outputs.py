@@ -1,0 +1,120 @@
+"""The results files of one step and their manifest: what is finished, and writes that change only differing bytes.
+
+Resume rule. Every output is a deterministic function of the score files it is computed from. A hidden
+manifest in results/<experiment>/ records, per output, a digest of the fingerprint of those inputs. An
+output whose file exists and whose recorded digest equals the current one is finished and is not
+recomputed. Everything else is written atomically, but only where the bytes differ from the file on
+disk, so a rerun after a kill at any point rewrites no finished file and ends identical to an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import io, plots
+
+#: what an output depends on, as recorded in the manifest (JSON-serialisable)
+Fingerprint = Any
+
+
+def fingerprint(files: dict[int, Path]) -> list[list[int]]:
+    """What an output depends on: (seed, size, mtime_ns) of each score file it reads."""
+    out = []
+    for s, p in files.items():
+        st = p.stat()
+        out.append([int(s), int(st.st_size), int(st.st_mtime_ns)])
+    return out
+
+
+def digest(fp: Fingerprint) -> str:
+    """A short stable hash of a fingerprint, as stored in the manifest."""
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest's content, or {} when it is missing or unreadable (then every output counts as unfinished)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _writer(raw: bytes) -> Callable[[str], None]:
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(raw)
+    return write
+
+
+def write_if_changed(path: Path, data: bytes | str) -> bool:
+    """Write `data` to `path` atomically unless the file already holds exactly these bytes; True if written."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    if path.exists() and path.read_bytes() == raw:
+        return False
+    io.atomic_write_with(path, _writer(raw))
+    return True
+
+
+class Outputs:
+    """The outputs of one step and their manifest: finished-ness, byte-compared atomic writes."""
+
+    def __init__(self, directory: Path, manifest_name: str, overwrite: bool):
+        self.dir = Path(directory)
+        self.manifest_path = self.dir / manifest_name
+        self.manifest = read_manifest(self.manifest_path)
+        self.recorded: dict = dict(self.manifest.get("outputs", {}))
+        self.overwrite = overwrite
+        self.written: list[Path] = []
+        self.kept: list[Path] = []
+
+    def finished(self, name: str, fp: Fingerprint) -> bool:
+        """True when `name` exists and was computed from inputs with fingerprint `fp` (and no --overwrite)."""
+        return (not self.overwrite and (self.dir / name).exists()
+                and self.recorded.get(name) == digest(fp))
+
+    def all_finished(self, expected: dict[str, Fingerprint]) -> bool:
+        """True when every expected output {name: fingerprint} is finished."""
+        return all(self.finished(n, fp) for n, fp in expected.items())
+
+    def write(self, name: str, data: bytes | str, fp: Fingerprint) -> Path:
+        """Write `data` atomically unless the file already holds exactly these bytes; record its inputs."""
+        path = self.dir / name
+        (self.written if write_if_changed(path, data) else self.kept).append(path)
+        self.recorded[name] = digest(fp)
+        self.save_manifest()
+        return path
+
+    def save_manifest(self, **extra: Any) -> None:
+        """Store the manifest (plus `extra` top-level entries), atomically and only when it changed."""
+        self.manifest.update(extra)
+        self.manifest["outputs"] = self.recorded
+        write_if_changed(self.manifest_path, json.dumps(self.manifest, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def write_figure(outputs: Outputs, stem: str, fig: Figure, fp: Fingerprint,
+                 formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Render a figure deterministically to `stem.<fmt>` for each format, then free it."""
+    paths = [outputs.write(f"{stem}.{fmt}", plots.figure_bytes(fig, fmt), fp) for fmt in formats]
+    plots.close(fig)
+    return paths
+
+
+def markdown_table(df: pd.DataFrame, fmt: str = "{:.4f}") -> str:
+    """A DataFrame as a GitHub markdown table (floats formatted with `fmt`)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "nan" if np.isnan(v) else fmt.format(v)
+        return str(v)
+    head = [str(df.index.name or "")] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for idx, row in zip(df.index, df.itertuples(index=False)):  # itertuples keeps int columns int
+        lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row]) + " |")
+    return "\n".join(lines) + "\n"
