@@ -1,4 +1,4 @@
-"""Datasets and deterministic class-balanced subsets (DESIGN section 3)."""
+"""Datasets, their transforms and the deterministic class-balanced subsets of each task."""
 from __future__ import annotations
 
 import gzip
@@ -9,8 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import io, provenance
 from .config import SUBSET_GENERATION_SEED, TaskSpec, TDAError
-from . import io
+
+#: bump when `transform` changes, so existing subset tensors are rebuilt
+TRANSFORM_VERSION = 1
 
 
 @dataclass
@@ -100,7 +103,7 @@ def load_source(spec: TaskSpec, data_root: Path) -> tuple[RawSplit, RawSplit]:
 
 # ---------------------------------------------------------------- transforms
 def transform(spec: TaskSpec, images: torch.Tensor) -> torch.Tensor:
-    """Source images -> float32 [N, C, H, W] model inputs (DESIGN 3)."""
+    """Source images -> float32 [N, C, H, W] model inputs."""
     if spec.name in ("mnist3", "fmnist3"):
         return images.float().div(255.0).unsqueeze(1)
     if spec.name == "cifar10":
@@ -127,7 +130,7 @@ def draw_subsets(spec: TaskSpec, train_labels: torch.Tensor, test_labels: torch.
     class) is taken first and the training draws come from the rest, so they are disjoint.
     """
     g = torch.Generator().manual_seed(SUBSET_GENERATION_SEED)
-    if spec.test_per_class is None:  # uniform over the whole test set, all ten classes (DESIGN 3)
+    if spec.test_per_class is None:  # uniform over the whole test set, all ten classes (as the paper did)
         test = torch.randperm(len(test_labels), generator=g)[: spec.test_size]
         test_set = set()
     else:
@@ -163,34 +166,72 @@ def subset_files(data_dir: Path, num_per_class: list[int]) -> list[Path]:
     return [data_dir / name for name in names]
 
 
-def generate_subsets(spec: TaskSpec, num_per_class: list[int], data_dir: Path,
-                     data_root: Path) -> list[Path]:
-    """Write index lists and tensor files for a task; existing index lists are used as they are."""
+def validate_indices(idx: list[int], labels: torch.Tensor, classes, path: Path, per_class: int | None = None) -> None:
+    """Reject an index list with duplicates, indices outside the dataset, classes outside the task or wrong counts."""
+    n = len(labels)
+    if not idx:
+        raise TDAError(f"{path} is empty: delete it to draw a new one")
+    if len(set(idx)) != len(idx):
+        dup = sorted({i for i in idx if idx.count(i) > 1})[:3]
+        raise TDAError(f"{path} lists indices more than once ({', '.join(map(str, dup))}): fix or delete it")
+    if min(idx) < 0 or max(idx) >= n:
+        raise TDAError(f"{path} holds indices outside 0..{n - 1}: it belongs to another dataset; fix or delete it")
+    got = labels[torch.tensor(idx)]
+    outside = sorted(set(got.tolist()) - set(classes))
+    if outside:
+        raise TDAError(f"{path} holds images of classes {outside}, outside this task's classes {list(classes)}: "
+                       "fix or delete it")
+    if per_class is not None:
+        counts = {c: int((got == c).sum()) for c in classes}
+        if any(v != per_class for v in counts.values()):
+            raise TDAError(f"{path} must hold {per_class} images of each class {list(classes)}, it holds "
+                           f"{counts} ({len(idx)} in all): fix or delete it")
+
+
+def _current(path: Path) -> dict | None:
+    """The provenance recorded in an existing subset tensor file (None if absent or unreadable)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("provenance")
+    except Exception:  # noqa: BLE001 - a corrupt file is simply rebuilt
+        return None
+
+
+def generate_subsets(spec: TaskSpec, num_per_class: list[int], data_dir: Path, data_root: Path,
+                     overwrite: bool = False, log=lambda line: None) -> tuple[list[Path], list[Path]]:
+    """Write index lists and tensor files for a task; existing index lists are checked and used as they are.
+
+    A tensor file is rebuilt only when its index list, the source data or the transform changed since it
+    was written (or with `overwrite`); returns (files written, files kept).
+    """
     data_dir = Path(data_dir)
     train_split, test_split = load_source(spec, data_root)
     drawn_train, drawn_test = draw_subsets(spec, train_split.labels, test_split.labels, num_per_class)
-    written = []
+    source = {"train": provenance.digest([train_split.images, train_split.labels]),
+              "test": provenance.digest([test_split.images, test_split.labels])}
+    written, kept = [], []
     test_txt = data_dir / "test_subset.txt"
     test_idx = io.read_index_list(test_txt) if test_txt.exists() else drawn_test
-    _check_range(test_idx, len(test_split.labels), test_txt)
-    if not test_txt.exists():
-        io.write_index_list(test_idx, test_txt)
-    io.atomic_save(_subset_tensors(spec, test_split, test_idx), data_dir / "test_subset.pt")
-    written += [test_txt, data_dir / "test_subset.pt"]
+    test_classes = spec.train_classes if spec.name == "digits3" else sorted(set(test_split.labels.tolist()))
+    validate_indices(test_idx, test_split.labels, test_classes, test_txt)
+    targets = [(test_txt, data_dir / "test_subset.pt", test_idx, test_split, "test")]
     for n in num_per_class:
         txt = data_dir / f"train_subset_{n}pc.txt"
         idx = io.read_index_list(txt) if txt.exists() else drawn_train[n]
-        _check_range(idx, len(train_split.labels), txt)
+        validate_indices(idx, train_split.labels, spec.train_classes, txt, per_class=n)
         if spec.name == "digits3" and set(idx) & set(test_idx):
-            raise TDAError(f"{txt} overlaps {test_txt}: digits3 train and test must be disjoint; delete both")
+            raise TDAError(f"{txt} overlaps {test_txt}: digits3 train and test must be disjoint; fix or delete them")
+        targets.append((txt, data_dir / f"train_subset_{n}pc.pt", idx, train_split, "train"))
+    for txt, pt, idx, split, which in targets:
         if not txt.exists():
             io.write_index_list(idx, txt)
-        pt = data_dir / f"train_subset_{n}pc.pt"
-        io.atomic_save(_subset_tensors(spec, train_split, idx), pt)
-        written += [txt, pt]
-    return written
-
-
-def _check_range(idx: list[int], n: int, path: Path) -> None:
-    if idx and (min(idx) < 0 or max(idx) >= n):
-        raise TDAError(f"{path} holds indices outside 0..{n - 1}: it belongs to another dataset; delete it")
+            written.append(txt)
+        inputs = {"index list": provenance.digest(idx), "source": source[which], "transform": TRANSFORM_VERSION}
+        reason = "--overwrite" if overwrite else provenance.changed(_current(pt), inputs) if pt.exists() else None
+        if pt.exists() and reason is None:
+            kept.append(pt)
+            continue
+        if reason is not None:
+            log(f"rebuilding {pt.name}: {reason}")
+        io.atomic_save({**_subset_tensors(spec, split, idx), "provenance": inputs}, pt)
+        written.append(pt)
+    return written, kept

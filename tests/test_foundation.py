@@ -177,7 +177,7 @@ def test_existing_index_files_are_used_in_listed_order(tmp_path):
     spec = get_task("digits3")
     from sklearn.datasets import load_digits
     y = load_digits().target
-    listed = [int(i) for i in np.flatnonzero(y == 2)[:2]] + [int(i) for i in np.flatnonzero(y == 0)[:2]]
+    listed = [int(i) for c in (2, 0, 1) for i in np.flatnonzero(y == c)[:2]]
     listed = listed[::-1]  # deliberately not sorted
     test_listed = [int(i) for i in np.flatnonzero(y == 1)[-3:]]
     io.write_index_list(listed, tmp_path / "train_subset_2pc.txt")
@@ -188,6 +188,45 @@ def test_existing_index_files_are_used_in_listed_order(tmp_path):
     assert tr["labels"].tolist() == [int(y[i]) for i in listed]
     assert torch.load(tmp_path / "test_subset.pt", weights_only=True)["indices"].tolist() == test_listed
     assert io.read_index_list(tmp_path / "train_subset_2pc.txt") == listed
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda idx, y: idx[:-1], "must hold 2 images of each class"),
+    (lambda idx, y: idx[:-1] + idx[:1], "more than once"),
+    (lambda idx, y: idx[:-1] + [len(y) + 5], "outside 0.."),
+    (lambda idx, y: idx[:-1] + [int(np.flatnonzero(y == 7)[0])], "classes [7]"),
+])
+def test_bad_user_index_lists_are_rejected(tmp_path, edit, needle):
+    from sklearn.datasets import load_digits
+    y = load_digits().target
+    spec = get_task("digits3")
+    data.generate_subsets(spec, [2], tmp_path, "")
+    txt = tmp_path / "train_subset_2pc.txt"
+    io.write_index_list(edit(io.read_index_list(txt), y), txt)
+    with pytest.raises(TDAError) as e:
+        data.generate_subsets(spec, [2], tmp_path, "")
+    assert needle in str(e.value) and str(txt) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_subset_tensors_rebuilt_only_when_their_inputs_change(tmp_path):
+    from sklearn.datasets import load_digits
+    y = load_digits().target
+    spec = get_task("digits3")
+    data.generate_subsets(spec, [2, 3], tmp_path, "")
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")}
+    written, kept = data.generate_subsets(spec, [2, 3], tmp_path, "")
+    assert written == [] and len(kept) == 3
+    txt = tmp_path / "train_subset_2pc.txt"
+    idx = io.read_index_list(txt)
+    label = y[idx[0]]
+    idx[0] = next(int(i) for i in np.flatnonzero(y == label) if int(i) not in idx)  # same class, other image
+    io.write_index_list(idx, txt)
+    lines = []
+    written, kept = data.generate_subsets(spec, [2, 3], tmp_path, "", log=lines.append)
+    assert written == [tmp_path / "train_subset_2pc.pt"] and lines == ["rebuilding train_subset_2pc.pt: index list changed"]
+    assert torch.load(written[0], weights_only=True)["indices"].tolist() == idx
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt") if p.name != "train_subset_2pc.pt"} == \
+        {k: v for k, v in stamps.items() if k != "train_subset_2pc.pt"}
 
 
 # ------------------------------------------------------------------ models and training
@@ -260,7 +299,7 @@ def test_scripts_train_digits_skip_finished_and_reject_bad_input(tmp_path):
     pt = tmp_path / "data" / "digits3" / "train_subset_4pc.pt"
     before = pt.stat().st_mtime_ns
     r = run_script("run_subset_generation.py", "--task", "digits3", "--num_per_class", "4", root=tmp_path)
-    assert r.returncode == 0 and "already" in r.stdout and pt.stat().st_mtime_ns == before
+    assert r.returncode == 0 and "all up to date" in r.stdout and pt.stat().st_mtime_ns == before
     r = run_script("run_cnn_training.py", "--experiment", "cnn_digits3_4pc", "--seed_id", "1", "--device", "cpu",
                    root=tmp_path)
     assert r.returncode == 0, r.stderr
