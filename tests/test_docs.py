@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tda import attribution, io, training
+from tda import attribution, io, results, training
 from tda.backends import get_backend
 from tda.config import get_task, parse_experiment
 from tda.data import generate_subsets
@@ -109,6 +109,10 @@ def test_last_layer_grad_dot_example_runs_and_is_right(example_method, experimen
 
     # a second run keeps the finished seeds
     assert all(r["skipped"] for r in attribution.run_method(method, cfg, seeds, progress=False))
+    # the results step picks the registered output up by itself
+    summary = results.pvalues_step(cfg, log=lambda line: None)
+    assert list(summary.mean_p.columns) == ["GD-last"] and list(summary.mean_p.index) == [1, 2, 3, 4, 5]
+    assert (cfg.results_dir / "pvalues_gd_last_across_5_ckpts.csv").exists()
 
 
 def test_mlp_backend_example_trains_and_reloads(tmp_path, monkeypatch):
