@@ -73,16 +73,16 @@ def subset_inputs(cfg: ExperimentConfig) -> dict:
     return {"training subset": file_digest(cfg.train_subset_pt), "test subset": file_digest(cfg.test_subset_pt)}
 
 
-def checkpoint_inputs(cfg: ExperimentConfig, seed: int, backend_facts: dict) -> dict:
+def checkpoint_inputs(cfg: ExperimentConfig, seed: int, backend_facts: dict, subsets: dict | None = None) -> dict:
     """What a seed's checkpoints are computed from: subsets, constants, seed, model family facts, training code."""
-    return {**subset_inputs(cfg), "config": config_digest(cfg), "seed": seed, "model": backend_facts,
+    return {**(subsets or subset_inputs(cfg)), "config": config_digest(cfg), "seed": seed, "model": backend_facts,
             "training code": TRAINING_VERSION}
 
 
-def score_inputs(cfg: ExperimentConfig, seed: int, method: str, settings: dict) -> dict:
+def score_inputs(cfg: ExperimentConfig, seed: int, method: str, settings: dict, subsets: dict | None = None) -> dict:
     """What a seed's scores are computed from: its checkpoints, the subsets, the method and its settings."""
-    return {"checkpoint": [file_digest(cfg.ckpt_path(seed, e)) for e in cfg.ckpt_epochs], **subset_inputs(cfg),
-            "config": config_digest(cfg), "method": method, "settings": settings}
+    return {"checkpoint": [file_digest(cfg.ckpt_path(seed, e)) for e in cfg.ckpt_epochs],
+            **(subsets or subset_inputs(cfg)), "config": config_digest(cfg), "method": method, "settings": settings}
 
 
 def changed(recorded: dict | None, current: dict) -> str | None:

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import io
+from . import io, provenance
 from .backends import Backend, get_backend
 from .config import ExperimentConfig
 from .methods.functional import output_logits
-from .workers import raise_failed_rows, run_jobs
+from .locking import claim, lock_path
+from .workers import raise_failed_rows, run_per_seed
 
 
 @torch.no_grad()
@@ -69,15 +70,29 @@ def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, 
 
 def _row(seed: int, ckpt: dict, skipped: bool) -> dict:
     return {"seed": seed, "skipped": skipped, "test_accuracy": ckpt["test_accuracy"],
-            "checkpoint": {k: v for k, v in ckpt.items() if k != "state_dict"}}
+            "checkpoint": {k: v for k, v in ckpt.items() if k not in ("state_dict", "provenance")}}
+
+
+def checkpoints_stale(cfg: ExperimentConfig, seed: int, inputs: dict) -> str | None:
+    """None when all of a seed's checkpoints exist and were trained from `inputs`, else why not ('missing', ...)."""
+    for e in cfg.ckpt_epochs:
+        if not cfg.ckpt_path(seed, e).exists():
+            return "missing"
+        reason = provenance.changed(io.load_checkpoint(cfg, seed, e).get("provenance"), inputs)
+        if reason is not None:
+            return reason
+    return None
 
 
 def train_seed(backend: Backend, seed: int, data: tuple, device: str | torch.device = "cpu",
-               progress: bool = True) -> dict:
-    """Train one seed on prepared (x, y, x_test, y_test) and save its checkpoints atomically; returns its row."""
+               progress: bool = True, inputs: dict | None = None) -> dict:
+    """Train one seed on prepared (x, y, x_test, y_test) and save its checkpoints atomically; returns its row.
+
+    `inputs`: the provenance recorded in every checkpoint (what it was computed from).
+    """
     cfg = backend.cfg
-    ckpts = train_member(backend, seed, *data, device=device, progress=progress,
-                         on_checkpoint=lambda ck: io.atomic_save(ck, cfg.ckpt_path(seed, ck["epoch"])))
+    ckpts = train_member(backend, seed, *data, device=device, progress=progress, on_checkpoint=lambda ck: io.atomic_save(
+        {**ck, "provenance": inputs or {}}, cfg.ckpt_path(seed, ck["epoch"])))
     return _row(seed, ckpts[-1], skipped=False)
 
 
@@ -86,41 +101,54 @@ def _prepared(backend: Backend) -> tuple:
     return backend.inputs(train, "train"), train["labels"], backend.inputs(test, "test"), test["labels"]
 
 
-def _train_job(backend: Backend, seed: int, device: str) -> dict:
-    """One seed in a worker process."""
-    return train_seed(backend, seed, _prepared(backend), device, progress=False)
+def attempt_seed(backend: Backend, seed: int, data: tuple | None, device: str | torch.device, progress: bool,
+                 overwrite: bool, inputs: dict, wait: bool) -> dict | None:
+    """Train a seed under its claim unless it is current (another process may just have trained it)."""
+    cfg = backend.cfg
+    with claim(lock_path(cfg.model_dir, str(seed)), wait) as got:
+        if not got:
+            return None
+        reason = "--overwrite" if overwrite else checkpoints_stale(cfg, seed, inputs)
+        if reason is None:
+            return _row(seed, io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1]), skipped=True)
+        if reason not in ("missing", "--overwrite"):
+            tqdm.write(f"retraining {cfg.name} seed {seed}: {reason}")
+        return train_seed(backend, seed, data if data is not None else _prepared(backend), device, progress, inputs)
+
+
+def _train_job(backend: Backend, seed: int, device: str, overwrite: bool, inputs: dict) -> dict:
+    """One seed in a worker process: prepares its own inputs, waits for its claim."""
+    return attempt_seed(backend, seed, None, device, False, overwrite, inputs, wait=True)
 
 
 def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.device = "cpu", overwrite: bool = False,
                 backend: Backend | None = None, progress: bool = True, workers: int = 1,
                 strict: bool = True) -> list[dict]:
-    """Train and save each seed's checkpoints, skipping finished seeds unless `overwrite`; `workers` seeds at a time.
+    """Train and save each seed's checkpoints unless they are current (or with `overwrite`); `workers` seeds at a time.
 
-    Returns one row per seed: {'seed', 'skipped', 'test_accuracy' (last checkpoint), 'checkpoint' (its other
-    entries), 'error'}. A seed that fails does not stop the others; afterwards, with `strict`, one TDAError
-    names the failed seeds.
+    A seed is current when all its checkpoints exist and record the inputs they would be trained from
+    now (subsets, constants, seed, model family). Returns one row per seed: {'seed', 'skipped',
+    'test_accuracy' (last checkpoint), 'checkpoint' (its other entries), 'error'}. A seed that fails
+    does not stop the others; afterwards, with `strict`, one TDAError names the failed seeds.
     """
     device = torch.device(device)
     backend = backend or get_backend(cfg)
     io.load_subsets(cfg)  # a one-line error naming the subset script when they are missing
-    rows: dict[int, dict] = {}
-    todo = []
-    for seed in seeds:
-        if overwrite or not io.seed_finished(cfg, seed):
-            todo.append(seed)
-        else:
-            rows[seed] = _row(seed, io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1]), skipped=True)
-    if todo:
-        # inputs prepared before the first seed, so a bad input is one error, not one per seed
-        data = _prepared(backend)
-        if workers > 1 and len(todo) > 1:
-            jobs, fn = [(f"seed {s}", (backend, s, str(device))) for s in todo], _train_job
-        else:
-            jobs = [(f"seed {s}", (s,)) for s in todo]
-            fn = lambda s: train_seed(backend, s, data, device, progress)  # noqa: E731
-        for seed, o in zip(todo, run_jobs(fn, jobs, workers, device, f"training {cfg.name}", progress)):
-            rows[seed] = o.value if o.error is None else {"seed": seed, "skipped": False, "error": o.error}
-    out = [{"error": None, **rows[s]} for s in seeds]
+    subsets = provenance.subset_inputs(cfg)
+    inputs = {s: provenance.checkpoint_inputs(cfg, s, backend.provenance(), subsets) for s in seeds}
+    data: list = []
+
+    def is_done(seed: int) -> dict | None:
+        if overwrite or checkpoints_stale(cfg, seed, inputs[seed]) is not None:
+            if not data:  # inputs prepared before the first seed: a bad input is one error, not one per seed
+                data.append(_prepared(backend))
+            return None
+        return _row(seed, io.load_checkpoint(cfg, seed, cfg.ckpt_epochs[-1]), skipped=True)
+
+    rows = run_per_seed(
+        seeds, is_done, lambda s, wait: attempt_seed(backend, s, data[0], device, progress, overwrite, inputs[s], wait),
+        (_train_job, lambda s: (backend, s, str(device), overwrite, inputs[s])), workers, device,
+        f"training {cfg.name}", progress)
     if strict:
-        raise_failed_rows(out)
-    return out
+        raise_failed_rows(rows)
+    return rows

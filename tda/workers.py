@@ -124,3 +124,37 @@ def raise_failures(outcomes: list[Outcome]) -> None:
 def raise_failed_rows(rows: list[dict]) -> None:
     """`raise_failures` for per-seed rows {'seed', 'error', ...}."""
     raise_failures([Outcome(f"seed {r['seed']}", error=r.get("error")) for r in rows])
+
+
+def run_per_seed(seeds: list[int], is_done: Callable[[int], dict | None], attempt: Callable[[int, bool], dict | None],
+                 job: tuple[Callable, Callable[[int], tuple]], workers: int, device: torch.device, desc: str,
+                 progress: bool = True) -> list[dict]:
+    """The loop every per-seed step shares; returns one row per seed with an 'error' entry (None if it went well).
+
+    is_done(seed): the seed's row if its outputs are current (checked without a claim), else None.
+    attempt(seed, wait): compute the seed under its claim in this process and return its row; None when
+        another process holds the claim and `wait` is False (such seeds are retried at the end, waiting).
+    job: (module-level function, seed -> its arguments) that does `attempt(seed, wait=True)` in a worker.
+    """
+    rows: dict[int, dict] = {}
+    todo = []
+    for s in seeds:
+        row = is_done(s)
+        if row is None:
+            todo.append(s)
+        else:
+            rows[s] = row
+    if workers > 1 and len(todo) > 1:
+        fn, args = job
+        outcomes = run_jobs(fn, [(f"seed {s}", args(s)) for s in todo], workers, device, desc, progress)
+    else:
+        outcomes = run_jobs(lambda s: attempt(s, False), [(f"seed {s}", (s,)) for s in todo], 1, device, desc,
+                            progress)
+        busy = [k for k, o in enumerate(outcomes) if o.error is None and o.value is None]
+        waited = run_jobs(lambda s: attempt(s, True), [(f"seed {todo[k]}", (todo[k],)) for k in busy], 1, device,
+                          f"{desc} (waiting for another process)", progress)
+        for k, o in zip(busy, waited):
+            outcomes[k] = o
+    for s, o in zip(todo, outcomes):
+        rows[s] = o.value if o.error is None else {"seed": s, "skipped": False, "error": o.error}
+    return [{"error": None, **rows[s]} for s in seeds]

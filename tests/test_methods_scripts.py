@@ -44,7 +44,7 @@ def test_script_writes_scores_and_skips_on_rerun(experiment, capsys, name, metho
         path = cfg.scores_path(m, seed)
         assert str(cfg.scores_dir / m) in out
         d = torch.load(path, weights_only=True)
-        assert set(d) == {"scores", "ckpt_epochs", "train_indices", "test_indices", "settings"}
+        assert set(d) == {"scores", "ckpt_epochs", "train_indices", "test_indices", "settings", "provenance"}
         assert d["scores"].dtype == torch.float32 and d["scores"].shape == (5, 6, len(test["labels"]))
         assert torch.isfinite(d["scores"]).all() and d["scores"].abs().sum() > 0
         assert d["ckpt_epochs"].tolist() == cfg.ckpt_epochs
@@ -64,7 +64,8 @@ def test_loo_protocols_and_if_cg_through_the_scripts(experiment, capsys):
     loo = script("run_loo").main
     loo(["--experiment", EXPERIMENT, "--seed_id", "0"])
     loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "scratch"])
-    assert "protocol='paper'" in capsys.readouterr().out  # an existing file of another protocol is named
+    out = capsys.readouterr().out  # a file computed with another protocol is recomputed, saying why
+    assert f"recomputing loo seed {seed}: settings changed (protocol 'paper' -> 'scratch')" in out
     loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "scratch", "--chunk", "3", "--overwrite"])
     s = torch.load(cfg.scores_path("loo", seed), weights_only=True)["settings"]
     assert s["protocol"] == "scratch" and s["members"] == 7

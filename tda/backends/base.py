@@ -91,6 +91,10 @@ class Backend(ABC):
         """Extra entries every checkpoint of this family records."""
         return {}
 
+    def provenance(self) -> dict:
+        """What, besides the data, constants and seed, a checkpoint of this family depends on."""
+        return {"family": type(self).__name__}
+
     @abstractmethod
     def load_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Copy a checkpoint's tensors into a model of this family (a one-line TDAError when they do not fit)."""

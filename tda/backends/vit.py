@@ -121,6 +121,9 @@ class ViTBackend(Backend):
     def checkpoint_meta(self) -> dict:
         return {"model_name_or_path": recorded_name(self.name_or_path)}
 
+    def provenance(self) -> dict:
+        return {**super().provenance(), "pretrained": recorded_name(self.name_or_path)}
+
     def load(self, ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
         path = checkpoint_model_path(ckpt)
         if self._name is None:

@@ -107,7 +107,7 @@ class Method:
     script: ClassVar[str] = "run_tda.py"
     #: +1 if a positive score means "the training sample helps the test sample", -1 if negative
     sign: ClassVar[int] = 1
-    #: options whose value a kept score file must have had (a skipped seed whose file differs says so)
+    #: options that change the scores (not e.g. chunk sizes): a score file computed with others is recomputed
     key_options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
@@ -141,8 +141,8 @@ class Method:
                 "n_train": data.n_train, "n_test": len(data.y_test), "model": data.cfg.model,
                 "members_vmapped": use_vmap(data.device, None), **self.options()}
 
-    def expected(self, backend: Backend) -> dict:
-        """The key options as they will be recorded (defaults resolved for the backend)."""
+    def key_settings(self, backend: Backend) -> dict:
+        """The options that change the scores, defaults resolved for the backend (part of the scores' provenance)."""
         return {k: getattr(self, k) for k in self.key_options}
 
     def note(self, settings: dict) -> str:

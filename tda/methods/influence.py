@@ -154,7 +154,7 @@ class IF(Method):
     outputs = {"if": "IF"}
     script = "run_if.py"
     sign = -1
-    key_options = ("solver",)
+    key_options = ("solver", "damping", "tol", "max_iter")
 
     solver: str = option("lissa", "lissa: the reference's one-pass FastIF recursion (nearly a scaled Grad-Dot); "
                          "cg: conjugate gradient on the damped full training Hessian", choices=("lissa", "cg"))
@@ -165,6 +165,12 @@ class IF(Method):
     tol: float = option(1e-4, "CG: relative residual to reach", type=float)
     max_iter: int = option(500, "CG: iteration limit", type=int)
     chunk: int = option(64, "Hessian-vector products computed at once", type=int)
+
+    def key_settings(self, backend) -> dict:
+        if self.solver == "lissa":  # the CG options do not change LiSSA's scores
+            return {"solver": "lissa"}
+        damping = backend.cfg.weight_decay if self.damping is None else self.damping
+        return {"solver": "cg", "damping": damping, "tol": self.tol, "max_iter": self.max_iter}
 
     def settings(self, data: SeedData) -> dict:
         cfg = data.cfg
