@@ -148,9 +148,17 @@ def test_missing_methods_and_seeds(root, capsys):
     assert f"missing seeds {', '.join(map(str, seeds[3:]))}" in out
     assert not (cfg.results_dir / "pvalues_ats_across_1_ckpts.csv").exists()
     run_correlations.main(["--experiment", EXP])
+    assert "correlations use the 3 seeds all of loo, gd have" in capsys.readouterr().out
     mat = pd.read_csv(cfg.results_dir / "correlation_spearman_snr.csv", index_col=0)
     assert list(mat.columns) == ["LOO", "GD"]
     assert "Not included" in (cfg.results_dir / "report.md").read_text()
+    # LOO has 10 seeds, GD 3: the correlation compares statistics over the same 3 seeds
+    from scipy import stats as sps
+    loo, gd = (np.stack([io.load_scores(cfg, m, s)["scores"].double().mean(0).numpy() for s in seeds[:3]])
+               for m in ("loo", "gd"))
+    mu_loo, mu_gd = loo.mean(0).ravel(), gd.mean(0).ravel()
+    mat = pd.read_csv(cfg.results_dir / "correlation_pearson_mean.csv", index_col=0)
+    assert mat.loc["LOO", "GD"] == pytest.approx(sps.pearsonr(mu_loo, mu_gd)[0], rel=1e-9)
 
     # only one usable method: correlations name the scripts to run
     with pytest.raises(TDAError, match="run_ats.py"):
@@ -243,3 +251,21 @@ def test_killed_run_resumes_to_identical_outputs(root, monkeypatch, uninterrupte
     assert outputs(cfg) == uninterrupted  # byte-identical, figures included
     after = mtimes(cfg)
     assert all(after[f] == t for f, t in done.items() if not f.startswith("."))  # no finished file redone
+
+
+@pytest.mark.parametrize("r,says", [(-0.99, "practically a scaled Grad-Dot"), (-0.4, "not just a scaled Grad-Dot")])
+def test_if_note_states_what_was_measured(r, says):
+    mats = {("pearson", "mean"): pd.DataFrame([[1, r], [r, 1]], index=["IF", "GD"], columns=["IF", "GD"])}
+    note = report.if_note({"if": {"settings": {"solver": "lissa"}}}, mats)
+    assert f"r = {r:+.3f}" in note and says in note
+    assert report.if_note({"if": {"settings": {"solver": "cg"}}}, mats) == ""
+
+
+@pytest.mark.parametrize("share,says", [(0.82, "mostly reflect the continued training"),
+                                        (0.2, "most of the variance is specific to j")])
+def test_loo_note_states_what_was_measured(share, says):
+    info = {"loo": {"settings": {"protocol": "paper"}, "shared_share": share, "ckpt_epochs": [10, 11, 12, 13, 14]}}
+    note = report.loo_note(info, 15)
+    assert f"{100 * share:.0f}%" in note and says in note
+    info["loo"]["settings"]["protocol"] = "scratch"
+    assert "continued training" not in report.loo_note(info, 15)

@@ -53,10 +53,13 @@ def seed_moments(scores: Iterable[MethodScores], k: int | None = None, name: str
     for ms in scores:
         k = ms.scores.shape[1] if k is None else k
         if ref is None:
-            ref = (ms.method, ms.train_indices, ms.test_indices)
-        elif (ms.train_indices, ms.test_indices) != ref[1:]:
+            ref = (ms.method, ms.train_indices, ms.test_indices, ms.seeds)
+        elif (ms.train_indices, ms.test_indices) != ref[1:3]:
             raise TDAError(f"{ms.method} and {ref[0]} scores{' of ' + name if name else ''} cover different "
                            f"train/test samples: {fix(ms.method)}")
+        elif ms.seeds != ref[3]:  # comparing statistics over different posterior samples would mix noise
+            raise TDAError(f"{ms.method} and {ref[0]} scores{' of ' + name if name else ''} come from different "
+                           f"seeds ({ms.seeds} vs {ref[3]}): correlate them on the seeds they share")
         st = stats.stats_across_k(ms.scores, k)  # keep only the statistics: scores can be large
         per_stat["mean"][ms.label], per_stat["std"][ms.label], per_stat["snr"][ms.label] = st.mu, st.sigma, st.snr
         n_seeds = max(n_seeds, len(ms.seeds))
@@ -109,6 +112,14 @@ def correlations_step(cfg: ExperimentConfig, methods: list[str] | tuple[str, ...
     """run_correlations.py: correlation matrices between methods of mu, sigma and SNR, CSVs and heatmaps."""
     inv = take_inventory(cfg, methods, need=2)
     notes = inv.describe()
+    shared = inv.shared()
+    n_shared = len(next(iter(shared.files.values())))
+    if any(len(f) != n_shared for f in inv.files.values()):
+        notes.append(f"correlations use the {n_shared} seeds all of {', '.join(inv.methods)} have")
+    if n_shared < 2:
+        raise TDAError(f"the outputs {', '.join(inv.methods)} of {cfg.name} share {n_shared} seed(s), correlations "
+                       f"need >= 2: run `{inv.fix(inv.methods)}`")
+    inv = shared
     for line in notes:
         log(line)
     out = Outputs(cfg.results_dir, CORR_MANIFEST, overwrite)

@@ -80,6 +80,12 @@ class Inventory:
         """The fingerprints of every usable output's score files (inputs of the aggregate tables)."""
         return {m: self.fp(m) for m in self.methods}
 
+    def shared(self) -> "Inventory":
+        """The same inventory restricted to the seeds every usable output has (what correlations compare)."""
+        common = [s for s in self.seeds if all(s in f for f in self.files.values())]
+        files = {m: {s: f[s] for s in common} for m, f in self.files.items()}
+        return Inventory(self.cfg, self.seeds, files, dict(self.missing_seeds), list(self.absent), dict(self.too_few))
+
     def fix(self, methods: list[str]) -> str:
         """The commands that produce the scores of `methods`."""
         return commands(self.cfg.name, methods)

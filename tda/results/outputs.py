@@ -1,7 +1,7 @@
 """The results files of one step and their manifest: what is finished, and writes that change only differing bytes.
 
 Resume rule. Every output is a deterministic function of the score files it is computed from. A hidden
-manifest in results/<experiment>/ records, per output, a digest of the fingerprint of those inputs. An
+manifest in results/<experiment>/ records, per output, a digest of those files' contents. An
 output whose file exists and whose recorded digest equals the current one is finished and is not
 recomputed. Everything else is written atomically, but only where the bytes differ from the file on
 disk, so a rerun after a kill at any point rewrites no finished file and ends identical to an
@@ -18,18 +18,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import io, plots
+from .. import io, plots, provenance
 
 #: what an output depends on, as recorded in the manifest (JSON-serialisable)
 Fingerprint = Any
 
 
-def fingerprint(files: dict[int, Path]) -> list[list[int]]:
-    """What an output depends on: (seed, size, mtime_ns) of each score file it reads."""
+_digests: dict[tuple, str] = {}
+
+
+def fingerprint(files: dict[int, Path]) -> list[list]:
+    """What an output depends on: (seed, content digest) of each score file it reads."""
     out = []
     for s, p in files.items():
-        st = p.stat()
-        out.append([int(s), int(st.st_size), int(st.st_mtime_ns)])
+        st = Path(p).stat()
+        key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)  # hash each file once per process
+        if key not in _digests:
+            _digests[key] = provenance.file_digest(p)
+        out.append([int(s), _digests[key]])
     return out
 
 

@@ -54,38 +54,41 @@ def _settings_lines(info: dict) -> list[str]:
 
 
 def if_note(info: dict, mats: dict) -> str:
-    """With the reference LiSSA settings IF is nearly -c * Grad-Dot: say so, with the measured IF-GD correlation."""
+    """IF under the reference LiSSA settings against Grad-Dot: the measured correlation, and what it says."""
     solver = str(info.get("if", {}).get("settings", {}).get("solver", "lissa")).lower()
-    if "if" not in info or solver != "lissa":
-        return ""
-    note = ("\n**IF with the reference LiSSA settings is nearly a scaled Grad-Dot.** The recursion runs one "
-            "pass of ceil(N/8) steps with scale 1e4 and damping 5e-3, so H_t h / scale is tiny and "
-            "s_test is close to a multiple of the test gradient: IF ~ -c * GD with c > 0. It inherits "
-            "GD's statistics rather than those of an inverse-Hessian influence.")
     m = mats.get(("pearson", "mean"))
-    if m is not None and "IF" in m.index and "GD" in m.columns:
-        note += f" Measured here: Pearson correlation of the mean between IF and GD = {m.loc['IF', 'GD']:+.3f}."
+    if "if" not in info or solver != "lissa" or m is None or "IF" not in m.index or "GD" not in m.columns:
+        return ""
+    r = float(m.loc["IF", "GD"])
+    note = (f"\n**IF (LiSSA, the reference settings) against Grad-Dot.** Pearson correlation of the mean over "
+            f"all pairs: r = {r:+.3f}. One pass of ceil(N/8) steps with scale 1e4 keeps s_test close to a "
+            f"multiple of the test gradient, which would make IF = -c * GD (r = -1). ")
+    if r <= -0.95:
+        note += "Here IF is practically a scaled Grad-Dot: it carries GD's statistics, not an inverse-Hessian influence."
+    else:
+        note += "Here the curvature term moves IF visibly away from that: it is not just a scaled Grad-Dot."
     return note + "\n"
 
 
 def loo_note(info: dict, epochs: int) -> str:
-    """LOO's protocol, the share of its variance common to all j, and what the paper protocol's tau contains."""
+    """LOO's protocol and the measured share of its variance that all j of a test sample share."""
     loo = info.get("loo")
     if loo is None:
         return ""
     protocol = str(loo.get("settings", {}).get("protocol", "?"))
     share = loo.get("shared_share")
     note = f"\n**LOO protocol: `{protocol}`.**"
-    if share is not None:
-        note += (f" Of the variance of LOO's tau over all pairs (K = {len(loo['ckpt_epochs'])}), "
-                 f"{100 * share:.0f}% is the part every training sample j shares for a test sample (the "
-                 "per-seed mean over j).")
+    if share is None:
+        return note + "\n"
+    note += (f" Of the variance of LOO's tau over all pairs (K = {len(loo['ckpt_epochs'])}), {100 * share:.0f}% is "
+             "the part every training sample j shares for a test sample (the per-seed mean over j).")
     if protocol == "paper":
-        note += (" Under the paper protocol tau = L_i(retrained without j) - L_i(checkpoint) also contains the "
-                 f"effect of training {epochs} more epochs, the same for every j and consistent across seeds, so "
-                 "LOO's small p-values here are largely that continuation effect, not the removal of j "
-                 "(see `docs/methods.md`). `python run_loo.py --protocol paired` or `scratch` (with --overwrite) "
-                 "measures the removal alone.")
+        note += (" Under this protocol tau = L_i(retrained without j) - L_i(checkpoint) also holds the effect of "
+                 f"training {epochs} more epochs, the same for every j (see `docs/methods.md`). ")
+        note += ("Here that shared part is most of the variance, so LOO's small p-values mostly reflect the "
+                 "continued training, not the removal of j." if share >= 0.5 else
+                 "Here that shared part is the smaller share, so most of the variance is specific to j.")
+        note += " `python run_loo.py --protocol paired` or `scratch` measures the removal alone."
     return note + "\n"
 
 
