@@ -105,6 +105,8 @@ def run_method(method: Method, cfg: ExperimentConfig, seeds: list[int], device: 
     """
     device = torch.device(device)
     backend = backend or get_backend(cfg)
+    for o in method.outputs:
+        io.sweep(cfg.scores_dir / o)  # temp files of a killed run
     loaded: list = []
 
     def is_done(seed: int) -> dict | None:

@@ -204,6 +204,7 @@ def generate_subsets(spec: TaskSpec, num_per_class: list[int], data_dir: Path, d
     was written (or with `overwrite`); returns (files written, files kept).
     """
     data_dir = Path(data_dir)
+    io.sweep(data_dir)  # temp files of a killed run
     train_split, test_split = load_source(spec, data_root)
     drawn_train, drawn_test = draw_subsets(spec, train_split.labels, test_split.labels, num_per_class)
     source = {"train": provenance.digest([train_split.images, train_split.labels]),

@@ -134,6 +134,8 @@ def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.dev
     device = torch.device(device)
     backend = backend or get_backend(cfg)
     io.load_subsets(cfg)  # a one-line error naming the subset script when they are missing
+    for seed in seeds:
+        io.sweep(cfg.seed_dir(seed))  # temp files of a killed run
     subsets = provenance.subset_inputs(cfg)
     inputs = {s: provenance.checkpoint_inputs(cfg, s, backend.provenance(), subsets) for s in seeds}
     data: list = []

@@ -55,3 +55,43 @@ def autograd_hvp(model, x, y, v: torch.Tensor) -> torch.Tensor:
     g = torch.autograd.grad(F.cross_entropy(_logits(model(x)), y), ps, create_graph=True)
     gv = sum((gi.flatten() * vi).sum() for gi, vi in zip(g, torch.split(v, [p.numel() for p in ps])))
     return torch.cat([h.flatten() for h in torch.autograd.grad(gv, ps)])
+
+
+def make_tiny_root(root: Path, seeds=(446, 724, 571), n_per_class: int = 2, test_stride: int = 15) -> Path:
+    """A tiny digits3 experiment under `root`: `seeds` in its random_seeds.pt, n per class, every k-th test image."""
+    from tda import io
+    from tda.config import get_task
+    from tda.data import generate_subsets
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(torch.tensor(list(seeds), dtype=torch.int64), root / "random_seeds.pt")
+    data_dir = root / "data" / "digits3"
+    generate_subsets(get_task("digits3"), [n_per_class], data_dir, "")
+    io.write_index_list(io.read_index_list(data_dir / "test_subset.txt")[::test_stride], data_dir / "test_subset.txt")
+    generate_subsets(get_task("digits3"), [n_per_class], data_dir, "")
+    return root
+
+
+def pipeline(experiment: str) -> list[list[str]]:
+    """The steps of run_experiment.sh for a CNN experiment, as (script, arguments...) lists."""
+    task, n = experiment.split("_")[1], experiment.split("_")[2].removesuffix("pc")
+    seeds = ["--experiment", experiment, "--seed_id", "all"]
+    return [["run_subset_generation.py", "--task", task, "--num_per_class", n], ["run_cnn_training.py", *seeds],
+            ["run_loo.py", *seeds], ["run_ats.py", *seeds], ["run_if.py", *seeds], ["run_gd_and_gc.py", *seeds],
+            ["run_pvalues.py", "--experiment", experiment], ["run_correlations.py", "--experiment", experiment]]
+
+
+def artefacts(root: Path) -> dict[str, bytes]:
+    """What a run produced, comparable across runs: subset and checkpoint files and visible results as bytes,
+    score files by their tensors (their settings hold timings)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        if rel.startswith("tda_scores/"):
+            d = torch.load(p, weights_only=True)
+            out[rel] = repr([d["scores"].numpy().tobytes(), d["train_indices"].tolist(), d["test_indices"].tolist(),
+                             d["provenance"]]).encode()
+        elif rel.startswith(("data/", "models/", "results/")):
+            out[rel] = p.read_bytes()
+    return out

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .. import plots, stats
 from ..config import ExperimentConfig, TDAError
 from .inventory import Inventory, MethodScores, take_inventory
+from ..locking import claim, lock_path
 from .outputs import Fingerprint, Outputs, write_figure
 
 CORR_KINDS = ("pearson", "spearman")
@@ -110,6 +111,11 @@ def expected_outputs(inv: Inventory) -> dict[str, Fingerprint]:
 def correlations_step(cfg: ExperimentConfig, methods: list[str] | tuple[str, ...] | None = None,
                       overwrite: bool = False, log: Log = print) -> CorrelationSummary:
     """run_correlations.py: correlation matrices between methods of mu, sigma and SNR, CSVs and heatmaps."""
+    with claim(lock_path(cfg.results_dir, "correlations")):  # one process at a time per step
+        return _correlations_step(cfg, methods, overwrite, log)
+
+
+def _correlations_step(cfg: ExperimentConfig, methods, overwrite: bool, log: Log):
     inv = take_inventory(cfg, methods, need=2)
     notes = inv.describe()
     shared = inv.shared()

@@ -74,6 +74,8 @@ class Outputs:
 
     def __init__(self, directory: Path, manifest_name: str, overwrite: bool):
         self.dir = Path(directory)
+        if self.dir.is_dir():
+            io.sweep(self.dir)  # temp files of a killed run
         self.manifest_path = self.dir / manifest_name
         self.manifest = read_manifest(self.manifest_path)
         self.recorded: dict = dict(self.manifest.get("outputs", {}))

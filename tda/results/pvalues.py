@@ -17,6 +17,7 @@ from .. import plots, stats
 from ..config import ExperimentConfig, TDAError
 from ..methods import label
 from .inventory import Inventory, MethodScores, take_inventory
+from ..locking import claim, lock_path
 from .outputs import Fingerprint, Outputs, markdown_table, write_figure
 
 ALPHA = 0.05
@@ -137,6 +138,11 @@ def expected_outputs(inv: Inventory) -> dict[str, Fingerprint]:
 def pvalues_step(cfg: ExperimentConfig, methods: list[str] | tuple[str, ...] | None = None,
                  overwrite: bool = False, log: Log = print) -> PValueSummary:
     """run_pvalues.py: per method and K, per-pair p-values, the mean p-value table, significance, histograms."""
+    with claim(lock_path(cfg.results_dir, "pvalues")):  # one process at a time per step
+        return _pvalues_step(cfg, methods, overwrite, log)
+
+
+def _pvalues_step(cfg: ExperimentConfig, methods, overwrite: bool, log: Log):
     inv = take_inventory(cfg, methods)
     notes = inv.describe()
     for line in notes:
