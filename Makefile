@@ -1,4 +1,4 @@
-# Two commands do everything on a fresh machine (DESIGN 1):
+# Two commands do everything on a fresh machine (see README.md and docs/pipeline.md):
 #   make run [EXPERIMENT=cnn_digits3_10pc]   set up .venv, then the whole pipeline for all ten seeds
 #            [ARGS="--model_name_or_path DIR"]  extra arguments for the training script (see run_experiment.sh)
 #   make test                                set up .venv, then the tests

@@ -1,4 +1,4 @@
-"""Experiment configuration: every constant of DESIGN sections 2-5, parsed from `<model>_<task>_<n>pc`."""
+"""Experiment configuration: every constant of an experiment, parsed from its name `<model>_<task>_<n>pc`."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ PAPER_SEEDS = (446, 724, 571, 296, 854, 968, 245, 374, 829, 470)
 SEEDS_FILE = "random_seeds.pt"
 MODELS = ("cnn", "cnn3l", "vit")
 N_CKPTS = 5
-SUBSET_GENERATION_SEED = 2023  # fixed so every machine draws the same subsets (DESIGN 3)
+SUBSET_GENERATION_SEED = 2023  # fixed so every machine draws the same subsets (docs/pipeline.md)
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 
 
@@ -20,7 +20,7 @@ class TDAError(Exception):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One dataset of DESIGN section 3."""
+    """One task: its dataset, classes, image format, epochs and test-set rule (docs/pipeline.md#tasks)."""
 
     name: str
     channels: int
@@ -57,7 +57,7 @@ def repo_root() -> Path:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """All settings of one experiment `<model>_<task>_<n>pc` (DESIGN 2, 4, 5)."""
+    """All settings of one experiment `<model>_<task>_<n>pc`: training, LiSSA and LoRA constants, and its paths."""
 
     model: str
     task: str
@@ -67,11 +67,11 @@ class ExperimentConfig:
     weight_decay: float = 5e-3
     batch_size: int = 32
     n_ckpts: int = N_CKPTS
-    # IF / LiSSA reference settings (DESIGN 5)
+    # IF / LiSSA: the reference's settings (docs/methods.md)
     lissa_damp: float = 5e-3
     lissa_scale: float = 1e4
     lissa_batch_size: int = 8
-    # ViT-LoRA settings (DESIGN 4)
+    # ViT-LoRA settings (docs/pipeline.md#models)
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.1
@@ -99,7 +99,7 @@ class ExperimentConfig:
     def n_train(self) -> int:
         return self.num_per_class * len(self.spec.train_classes)
 
-    # ---- paths (DESIGN 2) ----
+    # ---- paths (docs/pipeline.md) ----
     @property
     def data_dir(self) -> Path:
         return self.root / "data" / self.task

@@ -1,7 +1,7 @@
-"""Seaborn figures of DESIGN section 6: p-value histograms and method-correlation heatmaps.
+"""Seaborn figures: p-value histograms and method-correlation heatmaps.
 
 Figures are rendered to bytes with the timestamp/version metadata removed, so the same numbers
-always give byte-identical PNG and PDF files (DESIGN 7: a rerun reproduces an uninterrupted run).
+always give byte-identical PNG and PDF files (a rerun reproduces an uninterrupted run).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Statistics of DESIGN section 6: K-checkpoint averaging, mean/std/SNR over seeds, p-values, BH, correlations.
+"""The statistics (docs/statistics.md): K-checkpoint averaging, mean/std/SNR over seeds, p-values, BH, correlations.
 
 Pure maths over arrays (numpy, float64); no file I/O. Shapes: `scores` is [n_seeds, n_ckpts, n_train,
 n_test] with checkpoints in epoch order; every per-pair statistic is [n_train, n_test].
@@ -50,7 +50,7 @@ def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def seed_statistics(per_seed: ArrayLike) -> SeedStats:
-    """mu, sigma (ddof 1) and SNR over the seed axis of [S, N, M] (DESIGN 6); needs S >= 2."""
+    """mu, sigma (ddof 1) and SNR over the seed axis of [S, N, M]; needs S >= 2."""
     x = np.asarray(per_seed, dtype=np.float64)
     if x.shape[0] < 2:
         raise ValueError(f"sigma needs at least 2 seeds, got {x.shape[0]}")
@@ -86,7 +86,7 @@ def shared_variance_share(per_seed: ArrayLike) -> float:
 
     Per seed, the [N, M] matrix is split into its per-test-sample mean over j plus the rest; the share
     is var(mean over j) / var(tau), averaged over seeds. For LOO under the paper protocol this is the
-    continuation effect every j shares (DESIGN 5), not the effect of removing j.
+    continuation effect every j shares (docs/methods.md), not the effect of removing j.
     """
     x = np.asarray(per_seed, dtype=np.float64)
     shares = []
