@@ -1,0 +1,101 @@
+"""The pipeline as a DAG of Slurm jobs: what each step runs, over which seed ids, after which jobs."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ExperimentConfig, parse_experiment
+from ..methods import REGISTRY
+
+#: stands for the array task's seed id in a job's command; the job script turns it into $SLURM_ARRAY_TASK_ID
+SEED = "{seed_id}"
+#: the steps after all TDA methods, one job each per experiment; like subsets they get no GPUs
+RESULT_STEPS = ("pvalues", "correlations", "summary")
+
+
+def steps() -> tuple[str, ...]:
+    """Every step name, in pipeline order: subsets, train, one per registered TDA method, the results steps."""
+    return ("subsets", "train", *REGISTRY, *RESULT_STEPS)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sbatch submission: a single job, or an array with one task per seed id."""
+
+    key: str  # unique and a valid shell variable name, e.g. loo_cnn_digits3_10pc
+    step: str  # subsets, train, a method's name (loo, ats, if, gd_gc), pvalues, correlations, summary
+    label: str  # the experiment, or for subsets the task: names the log folder
+    argv: tuple[str, ...]  # what the job runs after the interpreter; SEED marks the seed id
+    n_tasks: int | None = None  # array tasks 0..n_tasks-1, one per seed id; None: a single job
+    after: tuple[str, ...] = ()  # keys of the jobs that must all succeed first
+    gpu: bool = False  # gets the GPUs asked for with --gpus-per-task
+
+    @property
+    def name(self) -> str:
+        """The Slurm job name: step first, so squeue's narrow name column still shows it."""
+        return f"{self.step}-{self.label}"
+
+    def log_dir(self, root: Path) -> Path:
+        """logs/<label>/ under root: this job's logs and script."""
+        return Path(root) / "logs" / self.label
+
+    def log(self, root: Path, ext: str, task: int | str | None = None) -> Path:
+        """logs/<label>/<step>_<seed id>.<ext> for array tasks (task '%a' gives sbatch's pattern), else <step>.<ext>."""
+        stem = self.step if task is None or self.n_tasks is None else f"{self.step}_{task}"
+        return self.log_dir(root) / f"{stem}.{ext}"
+
+    def script_path(self, root: Path) -> Path:
+        """The batch script sbatch submits: logs/<label>/<step>.sbatch."""
+        return self.log_dir(root) / f"{self.step}.sbatch"
+
+
+def _key(*parts: str) -> str:
+    """A job key: the parts joined by '_', anything but letters, digits and '_' made '_' (a shell variable name)."""
+    return re.sub(r"\W", "_", "_".join(parts))
+
+
+def _method_argv(method, experiment: str) -> tuple[str, ...]:
+    """A method's command for one seed id: its own script, or run_tda.py --method NAME."""
+    flag = ("--method", method.name) if method.script == "run_tda.py" else ()
+    return (method.script, *flag, "--experiment", experiment, "--seed_id", SEED)
+
+
+def experiment_jobs(cfg: ExperimentConfig, n_seeds: int, train_args: tuple[str, ...] = ()) -> list[Job]:
+    """One experiment's jobs after its subsets: training, one array per TDA method, p-values, correlations, summary."""
+    e = cfg.name
+    train = Job(_key("train", e), "train", e, (cfg.train_script, "--experiment", e, "--seed_id", SEED, *train_args),
+                n_seeds, (_key("subsets", cfg.task),), gpu=True)
+    methods = [Job(_key(m.name, e), m.name, e, _method_argv(m, e), n_seeds, (train.key,), gpu=True)
+               for m in REGISTRY.values()]
+    pvalues = Job(_key("pvalues", e), "pvalues", e, ("run_pvalues.py", "--experiment", e),
+                  after=tuple(m.key for m in methods))
+    correlations = Job(_key("correlations", e), "correlations", e, ("run_correlations.py", "--experiment", e),
+                       after=(pvalues.key,))
+    summary = Job(_key("summary", e), "summary", e, ("-m", "tda.results.report", "--experiment", e),
+                  after=(correlations.key,))
+    return [train, *methods, pvalues, correlations, summary]
+
+
+def plan(experiments: list[str], n_seeds: int, root: Path, train_args: tuple[str, ...] = (),
+         data_roots: dict[str, str] | None = None) -> list[Job]:
+    """All jobs of the experiments, in submission order: one subsets job per task (shared), then each experiment's.
+
+    data_roots: {task, or "" for every task: the subsets job's --data_root}.
+    """
+    data_roots = data_roots or {}
+    cfgs: dict[str, ExperimentConfig] = {}
+    for name in experiments:
+        cfgs.setdefault(name, parse_experiment(name, root))
+    per_task: dict[str, set[int]] = {}
+    for cfg in cfgs.values():
+        per_task.setdefault(cfg.task, set()).add(cfg.num_per_class)
+    jobs = []
+    for task, ns in per_task.items():
+        data_root = data_roots.get(task, data_roots.get(""))
+        jobs.append(Job(_key("subsets", task), "subsets", task,
+                        ("run_subset_generation.py", "--task", task, "--num_per_class", *map(str, sorted(ns)),
+                         *(("--data_root", data_root) if data_root else ()))))
+    for cfg in cfgs.values():
+        jobs += experiment_jobs(cfg, n_seeds, train_args)
+    return jobs
