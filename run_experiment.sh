@@ -43,7 +43,7 @@ fi
 EXP=$1
 shift
 
-if [[ ! $EXP =~ ^([a-z0-9]+)_([a-z0-9]+)_([0-9]+)pc$ ]]; then
+if [[ ! $EXP =~ ^([a-z0-9]+)_([a-z0-9]+)_([0-9]+)pc(_[a-z]+)?$ ]]; then
     echo "error: bad experiment name '$EXP': expected <model>_<task>_<n>pc, e.g. cnn_digits3_10pc" >&2
     exit 2
 fi

@@ -1,9 +1,10 @@
 """Experiment configuration: every constant of an experiment, parsed from its name `<model>_<task>_<n>pc`."""
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PAPER_SEEDS = (446, 724, 571, 296, 854, 968, 245, 374, 829, 470)
@@ -12,6 +13,10 @@ MODELS = ("cnn", "cnn3l", "vit")
 N_CKPTS = 5
 SUBSET_GENERATION_SEED = 2023  # fixed so every machine draws the same subsets (docs/pipeline.md)
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
+TASK_FILE = "task.json"  # data/<task>/task.json defines a task of the user's own (docs/pipeline.md#tasks)
+#: experiment-name suffixes that take one source of seed noise away (docs/statistics.md)
+VARIANTS = {"init": "only the initialisation varies with the seed; every seed uses the first seed's batch order",
+            "batch": "only the batch order varies with the seed; every seed starts from the first seed's init"}
 
 
 class TDAError(Exception):
@@ -31,6 +36,23 @@ class TaskSpec:
     default_num_per_class: tuple[int, ...]
     test_per_class: int | None  # per-class test draw; None: uniform draw of `test_size`
     test_size: int
+    source: dict | None = None  # a user-defined task: where its data comes from (data/<task>/task.json)
+
+    def to_json(self) -> str:
+        """The spec as data/<task>/task.json holds it."""
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, path: Path) -> "TaskSpec":
+        """A user-defined task from its task.json (a one-line error when the file is unreadable)."""
+        try:
+            d = json.loads(Path(path).read_text())
+            d["train_classes"] = tuple(d["train_classes"])
+            d["default_num_per_class"] = tuple(d["default_num_per_class"])
+            return cls(**d)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TDAError(f"cannot read the task definition {path} ({type(e).__name__}: {e}): fix it, or delete "
+                           "it and define the task again with run_subset_generation.py")
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -43,26 +65,44 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
-    """The task spec for `name`, or a one-line error listing the valid tasks."""
-    if name not in TASKS:
-        raise TDAError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
-    return TASKS[name]
-
-
 def repo_root() -> Path:
     """Where data/, models/, tda_scores/ and results/ live: $TDA_ROOT, else the current directory."""
     return Path(os.environ.get("TDA_ROOT", "."))
 
 
+def task_file(name: str, root: Path | None = None) -> Path:
+    """Where a user-defined task's definition lives: data/<task>/task.json under the root."""
+    return (root or repo_root()) / "data" / name / TASK_FILE
+
+
+def user_tasks(root: Path | None = None) -> list[str]:
+    """The names of the tasks defined under data/ by a task.json."""
+    data = (root or repo_root()) / "data"
+    return sorted(p.parent.name for p in data.glob(f"*/{TASK_FILE}")) if data.is_dir() else []
+
+
+def get_task(name: str, root: Path | None = None) -> TaskSpec:
+    """A built-in task, or one defined by data/<name>/task.json; else a one-line error listing the tasks."""
+    if name in TASKS:
+        return TASKS[name]
+    path = task_file(name, root)
+    if path.exists():
+        return TaskSpec.from_json(path)
+    known = ", ".join([*TASKS, *user_tasks(root)])
+    raise TDAError(f"unknown task {name!r}: choose one of {known}, or define it from a dataset of your own with "
+                   f"`python run_subset_generation.py --task {name} --hf_dataset ...`")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """All settings of one experiment `<model>_<task>_<n>pc`: training, LiSSA and LoRA constants, and its paths."""
+    """All settings of one experiment `<model>_<task>_<n>pc[_<variant>]`: training, LiSSA and LoRA constants, paths."""
 
     model: str
     task: str
     num_per_class: int
     root: Path = field(default_factory=repo_root)
+    variant: str | None = None  # a key of VARIANTS: which source of seed noise is taken away
+    task_spec: TaskSpec | None = field(default=None, compare=False, repr=False)  # resolved once by parse_experiment
     lr: float = 1e-3
     weight_decay: float = 5e-3
     batch_size: int = 32
@@ -80,11 +120,11 @@ class ExperimentConfig:
 
     @property
     def name(self) -> str:
-        return f"{self.model}_{self.task}_{self.num_per_class}pc"
+        return f"{self.model}_{self.task}_{self.num_per_class}pc" + (f"_{self.variant}" if self.variant else "")
 
     @property
     def spec(self) -> TaskSpec:
-        return TASKS[self.task]
+        return self.task_spec or get_task(self.task, self.root)
 
     @property
     def epochs(self) -> int:
@@ -114,7 +154,7 @@ class ExperimentConfig:
 
     @property
     def model_dir(self) -> Path:
-        return self.root / "models" / self.model / f"{self.task}_{self.num_per_class}pc"
+        return self.root / "models" / self.model / self.name.split("_", 1)[1]
 
     def seed_dir(self, seed: int) -> Path:
         return self.model_dir / str(seed)
@@ -138,22 +178,26 @@ class ExperimentConfig:
         return "run_vit_finetuning.py" if self.model == "vit" else "run_cnn_training.py"
 
 
-_NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<task>[a-z0-9]+)_(?P<n>\d+)pc$")
+_NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<task>[a-z0-9]+)_(?P<n>\d+)pc(?:_(?P<variant>[a-z]+))?$")
 
 
 def parse_experiment(name: str, root: Path | None = None) -> ExperimentConfig:
-    """Parse `<model>_<task>_<n>pc`; an invalid name raises a one-line TDAError listing what is valid."""
-    valid = (f"expected <model>_<task>_<n>pc with model in {{{', '.join(MODELS)}}}, "
-             f"task in {{{', '.join(TASKS)}}}, e.g. cnn_digits3_10pc")
+    """Parse `<model>_<task>_<n>pc[_<variant>]`; an invalid name raises a one-line TDAError listing what is valid."""
+    root = Path(root) if root is not None else repo_root()
+    tasks = [*TASKS, *user_tasks(root)]
+    valid = (f"expected <model>_<task>_<n>pc[_<variant>] with model in {{{', '.join(MODELS)}}}, "
+             f"task in {{{', '.join(tasks)}}}, variant in {{{', '.join(VARIANTS)}}}, e.g. cnn_digits3_10pc")
     m = _NAME.match(name)
     if not m:
         raise TDAError(f"bad experiment name {name!r}: {valid}")
-    model, task, n = m["model"], m["task"], int(m["n"])
+    model, task, n, variant = m["model"], m["task"], int(m["n"]), m["variant"]
     if model not in MODELS:
         raise TDAError(f"unknown model {model!r} in {name!r}: {valid}")
-    if task not in TASKS:
+    if task not in tasks:
         raise TDAError(f"unknown task {task!r} in {name!r}: {valid}")
+    if variant is not None and variant not in VARIANTS:
+        raise TDAError(f"unknown variant {variant!r} in {name!r}: {valid}")
     if n < 1:
         raise TDAError(f"bad experiment name {name!r}: n per class must be >= 1; {valid}")
-    kw = {} if root is None else {"root": Path(root)}
-    return ExperimentConfig(model=model, task=task, num_per_class=n, **kw)
+    return ExperimentConfig(model=model, task=task, num_per_class=n, root=root, variant=variant,
+                            task_spec=get_task(task, root))

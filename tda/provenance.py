@@ -64,8 +64,8 @@ def _feed(h, obj: Any) -> None:
 
 def config_digest(cfg: ExperimentConfig) -> str:
     """The experiment's constants (everything but where its files live)."""
-    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "root"}
-    return digest({**fields, "epochs": cfg.epochs, "ckpt_epochs": cfg.ckpt_epochs})
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("root", "task_spec")}
+    return digest({**fields, "task": dataclasses.asdict(cfg.spec), "ckpt_epochs": cfg.ckpt_epochs})
 
 
 def subset_inputs(cfg: ExperimentConfig) -> dict:
