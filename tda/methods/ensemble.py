@@ -1,9 +1,11 @@
 """Ensembles of stacked parameters: K copies of a model trained and evaluated side by side.
 
 LOO's N retrainings and ATS's N perturbed models are such ensembles. Members are independent, so
-any split into chunks is exact. Members' gradients are `vmap`ped on CUDA; on the CPU a vmapped
-convolution becomes a grouped convolution that measured slower than a loop of ordinary batched
-calls, so there members are looped (`use_vmap`).
+any split into chunks is exact; by default a chunk is as many members as free memory holds
+(`memory`). Members' gradients are `vmap`ped on CUDA; on the CPU a vmapped convolution becomes a
+grouped convolution that measured slower than a loop of ordinary batched calls, so there members
+are looped (`use_vmap`), the paper's CNNs through the hand-written kernels of `cnn_ensemble` and
+any other model through `torch.func`, one member's gradient and Adam step at a time.
 """
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from .adam import adam_init, adam_step
+from . import cnn_ensemble
+from .adam import AdamState, adam_init, adam_step
+from .cnn_kernels import cnn_spec
 from .functional import Params, per_sample_losses
+from .memory import budget_bytes, chunk_size, default_chunk, member_bytes
 
 LR = float | Callable[[int], float]
 Batches = Sequence[Sequence[torch.Tensor]]
@@ -39,6 +44,9 @@ def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Te
                   chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
     """Per-sample losses of every stacked member on every sample, [K, M]; at most ~`chunk` (member, sample) pairs at once."""
     k = next(iter(stacked.values())).shape[0]
+    spec = None if use_vmap(x.device, vectorize) else cnn_spec(model, stacked, frozen, x)
+    if spec is not None:
+        return cnn_ensemble.member_losses(spec, stacked, x, y)
     with torch.no_grad():
         if not use_vmap(x.device, vectorize):
             return torch.stack([torch.cat([per_sample_losses(model, member(stacked, j), frozen, x[i:i + chunk],
@@ -97,25 +105,38 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
     device = x.device
     k_all = weights.shape[0]
     snaps = sorted(set(snapshot_epochs if snapshot_epochs is not None else [len(batches) - 1]))
-    chunk = chunk or k_all
+    vectorized = use_vmap(device, vectorize)
+    spec = None if vectorized else cnn_spec(model, params, frozen, x)
+    if chunk is None and spec is not None:  # the kernels share one member's activations: members cost parameters
+        chunk = chunk_size(member_bytes(spec.numel, x.element_size(), 0, training=True), budget_bytes(device), k_all)
+    elif chunk is None:
+        samples = max(len(idx) for epoch in batches for idx in epoch)
+        chunk = default_chunk(model, params, frozen, x, samples, k_all, training=True, vectorized=vectorized)
+    if spec is not None:
+        return cnn_ensemble.train_members(spec, params, x, y, batches, weights, lr, weight_decay, snaps, evaluate,
+                                          chunk, betas, eps)
+    batches = [[idx.to(device) for idx in epoch] for epoch in batches[:snaps[-1] + 1]]
     was_training = model.training
 
     def member_loss(p, w, xb, yb):
         return (w * per_sample_losses(model, p, frozen, xb, yb)).sum() / len(yb)
 
-    if use_vmap(device, vectorize):
+    if vectorized:
         member_grads = vmap(grad(member_loss), in_dims=(0, 0, None, None), randomness="same")
+
+        def train_step(members: Params, states: list[AdamState], w, xb, yb, lr_now: float) -> None:
+            adam_step(members, member_grads(members, w, xb, yb), states[0], lr_now, weight_decay, betas, eps)
     else:
         one_grad = grad(member_loss)
 
-        def member_grads(members, w, xb, yb):
+        def train_step(members: Params, states: list[AdamState], w, xb, yb, lr_now: float) -> None:
+            # one member at a time, gradient then its own Adam step: nothing member-stacked is allocated per step
             start = _rng_state(device) if train_mode else None
-            gs = []
             for k in range(len(w)):
                 if start is not None:
                     _set_rng_state(start, device)
-                gs.append(one_grad(member(members, k), w[k], xb, yb))
-            return {n: torch.stack([g[n] for g in gs]) for n in members}
+                p = member(members, k)
+                adam_step(p, one_grad(p, w[k], xb, yb), states[k], lr_now, weight_decay, betas, eps)
     rng = _rng_state(device)
     results: list[list] = [[] for _ in snaps]
     try:
@@ -124,13 +145,13 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
             w = weights[start:start + chunk]
             members = stack(params, len(w))
             state = adam_init(members)
+            states = [state] if vectorized else [AdamState(0, member(state.exp_avg, k), member(state.exp_avg_sq, k))
+                                                 for k in range(len(w))]
             step = 0
             for epoch in range(snaps[-1] + 1):
                 model.train(train_mode)
                 for idx in batches[epoch]:
-                    idx = idx.to(device)
-                    g = member_grads(members, w[:, idx], x[idx], y[idx])
-                    adam_step(members, g, state, lr(step) if callable(lr) else lr, weight_decay, betas, eps)
+                    train_step(members, states, w[:, idx], x[idx], y[idx], lr(step) if callable(lr) else lr)
                     step += 1
                 if epoch in snaps:
                     model.eval()

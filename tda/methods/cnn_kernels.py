@@ -1,0 +1,204 @@
+"""The paper's CNNs (conv-GELU-maxpool blocks, then linear-GELU-linear) as large matrix products, forward and backward.
+
+On the CPU a member's training step through autograd spends more time outside the matrix products
+than in them (NCHW max-pooling, GELU's backward at every position, reorders). Here activations are
+channels-last and each convolution is one GEMM over an im2col of only the positions the floor
+pooling keeps; pooling is torch's own channels-last kernel (the first maximum of a window wins, as
+in the model); GELU's derivative is taken only at the positions the pool selected; every buffer is
+reused across members and steps. Parameters are in the kernel layout of `cnn_layout`.
+
+Only the order of floating-point sums differs from the model's own forward and backward. (Where two
+entries of a pooling window tie up to rounding, that can hand the window's gradient to the other.)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cnn_layout import CNNSpec, ConvLayer, cnn_spec, from_kernel, to_kernel, views  # noqa: F401 - the kernels' API
+
+Workspace = dict
+
+
+# ---------------------------------------------------------------- building blocks
+def _buf(ws: Workspace, tag: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reusable buffer (kept in the workspace across members and steps); its contents are stale."""
+    key = (tag, shape, like.dtype)
+    if key not in ws:
+        ws[key] = torch.empty(shape, dtype=like.dtype)
+    return ws[key]
+
+
+def _windows(a: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
+    """Strided view [B, 2 hp, 2 wp, k, k, C] of a padded channels-last input: the im2col of the pooled outputs only."""
+    b, sb, sh, sw, sc = a.shape[0], *a.stride()
+    k = layer.k
+    return a.as_strided((b, 2 * layer.hp, 2 * layer.wp, k, k, layer.c_in), (sb, sh, sw, sh, sw, sc),
+                        a.storage_offset())
+
+
+def im2col(a: torch.Tensor, layer: ConvLayer, out: torch.Tensor | None = None) -> torch.Tensor:
+    """im2col [B * 2hp * 2wp, k * k * C] of a channels-last input [B, h + 2pad, w + 2pad, C], pooled positions only."""
+    v = _windows(a, layer)
+    if out is None:
+        return v.reshape(-1, layer.k * layer.k * layer.c_in)
+    out = out.view(v.shape)
+    out.copy_(v)
+    return out.view(-1, layer.k * layer.k * layer.c_in)
+
+
+def first_cols(spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
+    """The first layer's im2col of NCHW inputs (shared by every member)."""
+    layer = spec.convs[0]
+    a = x.permute(0, 2, 3, 1)
+    if layer.pad:
+        a = F.pad(a, (0, 0, layer.pad, layer.pad, layer.pad, layer.pad))
+    return im2col(a, layer)
+
+
+def _padded(ws: Workspace, tag: str, b: int, layer: ConvLayer, like: torch.Tensor) -> torch.Tensor:
+    """A zero-bordered channels-last input buffer [B, h + 2 pad, w + 2 pad, C] (only its interior is ever written)."""
+    p = layer.pad
+    key = (tag, (b, layer.h + 2 * p, layer.w + 2 * p, layer.c_in), like.dtype)
+    if key not in ws:
+        ws[key] = torch.zeros(key[1], dtype=like.dtype)
+    return ws[key]
+
+
+def _interior(a: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
+    p = layer.pad
+    return a[:, p:p + layer.h, p:p + layer.w] if p else a
+
+
+def _gelu(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu.out(z, out=out)
+
+
+def _nchw(t: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """A channels-last buffer seen as the NCHW tensor torch's pooling kernels take (no copy)."""
+    return t.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+_POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)
+
+
+def _offsets(ws: Workspace, li: int, b: int, positions: int, pooled: int, c: int) -> torch.Tensor:
+    """Flat offsets b * positions * C + c of every pooled entry of a [B, positions, C] buffer, [B, pooled, C]."""
+    key = ("offsets", li, b, positions, pooled, c)
+    if key not in ws:
+        ws[key] = (torch.arange(b).view(b, 1, 1) * positions * c + torch.arange(c)).expand(b, pooled, c).contiguous()
+    return ws[key]
+
+
+def _conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, b: int, ws: Workspace,
+                  save: bool) -> tuple[torch.Tensor, list]:
+    """Every conv-GELU-pool block; returns the pooled channels-last output [B, hp * wp * C] and what backward needs."""
+    saved, cols = [], cols1
+    for li, layer in enumerate(spec.convs):
+        hp, wp, c = layer.hp, layer.wp, layer.c_out
+        z = torch.addmm(p[f"{layer.name}.bias"], cols, p[f"{layer.name}.weight"],
+                        out=_buf(ws, f"z{li}", (b * 4 * hp * wp, c), cols))
+        a = _gelu(z, _buf(ws, f"a{li}", tuple(z.shape), z))
+        pooled = _buf(ws, f"p{li}", (b, hp, wp, c), z)
+        idx = _buf(ws, f"i{li}", (b, hp, wp, c), torch.empty(0, dtype=torch.long))
+        torch.ops.aten.max_pool2d_with_indices.out(_nchw(a, b, 2 * hp, 2 * wp), *_POOL,
+                                                   out=_nchw(pooled, b, hp, wp), indices=_nchw(idx, b, hp, wp))
+        if save:
+            # z at the selected positions (for GELU's derivative there): flat offsets b*4hp*wp*C + idx*C + c
+            flat = torch.add(_offsets(ws, li, b, 4 * hp * wp, hp * wp, c), idx.view(b, -1, c), alpha=c,
+                             out=_buf(ws, f"o{li}", (b, hp * wp, c), idx))
+            z_sel = torch.index_select(z.view(-1), 0, flat.view(-1), out=_buf(ws, f"s{li}", (b * hp * wp * c,), z))
+            saved.append((cols, z, a, idx, z_sel.view(b, hp * wp, c)))
+        if li + 1 < len(spec.convs):
+            nxt, a_in = spec.convs[li + 1], pooled
+            if nxt.pad:
+                a_in = _padded(ws, f"x{li + 1}", b, nxt, z)
+                _interior(a_in, nxt).copy_(pooled)
+            cols = im2col(a_in, nxt, _buf(ws, f"c{li + 1}", (b * 4 * nxt.hp * nxt.wp, nxt.k * nxt.k * nxt.c_in), z))
+    return pooled.view(b, -1), saved
+
+
+def losses(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, y: torch.Tensor,
+           ws: Workspace) -> torch.Tensor:
+    """Per-sample cross-entropy [B] of one member (kernel-layout views `p`) on samples given by their first im2col."""
+    b = len(y)
+    h, _ = _conv_forward(spec, p, cols1, b, ws, save=False)
+    for j, (name, _, n_out) in enumerate(spec.fcs):
+        h = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=_buf(ws, f"f{j}", (b, n_out), h))
+        if j + 1 < len(spec.fcs):
+            h = _gelu(h, _buf(ws, f"g{j}", (b, n_out), h))
+    return F.cross_entropy(h, y, reduction="none")
+
+
+def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor,
+              g: dict[str, torch.Tensor], ws: Workspace, per_sample: bool = False) -> None:
+    """Gradient of one member's loss sum_b w_b CE_b (labels as one-hot rows) into the kernel-layout views `g`.
+
+    per_sample: instead the gradient of every w_b CE_b on its own, into views with a leading sample dimension.
+    """
+    b = len(onehot)
+    pooled, saved = _conv_forward(spec, p, cols1, b, ws, save=True)
+    h, fc_saved = pooled, []
+    for j, (name, _, n_out) in enumerate(spec.fcs):
+        z = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=_buf(ws, f"f{j}", (b, n_out), h))
+        fc_saved.append((h, z))
+        if j + 1 < len(spec.fcs):
+            h = _gelu(z, _buf(ws, f"g{j}", (b, n_out), h))
+    # d(loss)/d(logits) = (softmax - onehot) * w_b
+    d = torch.softmax(z, 1).sub_(onehot).mul_(w.unsqueeze(1))
+    for j in reversed(range(len(spec.fcs))):
+        name, h_in = spec.fcs[j][0], fc_saved[j][0]
+        if per_sample:
+            torch.mul(h_in.unsqueeze(2), d.unsqueeze(1), out=g[f"{name}.weight"])
+            g[f"{name}.bias"].copy_(d)
+        else:
+            torch.mm(h_in.t(), d, out=g[f"{name}.weight"])
+            torch.sum(d, 0, out=g[f"{name}.bias"])
+        dh = torch.mm(d, p[f"{name}.weight"].t(), out=_buf(ws, f"d{j}", (b, h_in.shape[1]), d))
+        d = torch.ops.aten.gelu_backward(dh, fc_saved[j - 1][1]) if j > 0 else dh
+    for li in reversed(range(len(spec.convs))):
+        layer, (cols, z, a, idx, z_sel) = spec.convs[li], saved[li]
+        hp, wp, c = layer.hp, layer.wp, layer.c_out
+        gs = torch.ops.aten.gelu_backward.grad_input(d.reshape(b, hp * wp, c), z_sel, approximate="none",
+                                                     grad_input=_buf(ws, f"gs{li}", (b, hp * wp, c), d))
+        dz = z  # z itself is no longer needed: its buffer takes the gradient
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+            _nchw(gs, b, hp, wp), _nchw(a, b, 2 * hp, 2 * wp), *_POOL, _nchw(idx, b, hp, wp),
+            grad_input=_nchw(dz, b, 2 * hp, 2 * wp))
+        if per_sample:
+            g[f"{layer.name}.weight"].copy_(torch.bmm(cols.view(b, -1, cols.shape[1]).transpose(1, 2),
+                                                      dz.view(b, -1, c)))
+            torch.sum(gs, 1, out=g[f"{layer.name}.bias"])
+        else:
+            torch.mm(cols.t(), dz, out=g[f"{layer.name}.weight"])
+            torch.sum(gs.view(-1, c), 0, out=g[f"{layer.name}.bias"])
+        if li == 0:
+            break
+        dcols = torch.mm(dz, p[f"{layer.name}.weight"].t(), out=cols)  # cols (this member's, li > 0) are used up
+        d = _col2im(dcols, layer, _buf(ws, f"dx{li}", (b, layer.h + 2 * layer.pad, layer.w + 2 * layer.pad,
+                                                       layer.c_in), d))
+
+
+def _col2im(dcols: torch.Tensor, layer: ConvLayer, out: torch.Tensor) -> torch.Tensor:
+    """Adjoint of `im2col`: every column's gradient summed back onto the input, [B, h, w, C] (padding cropped).
+
+    For a kernel row ky, the k column taps of output x land on input x..x+k-1: one contiguous run of
+    k*C values; outputs x congruent mod k land on disjoint runs, so each (ky, x mod k) is one add.
+    """
+    b, k, c, h2, w2 = out.shape[0], layer.k, layer.c_in, 2 * layer.hp, 2 * layer.wp
+    out.zero_()
+    v = dcols.view(b, h2, w2, k, k * c)
+    rows = out.view(b, out.shape[1], -1)
+    for ky in range(k):
+        for r in range(min(k, w2)):
+            n = len(range(r, w2, k))
+            rows[:, ky:ky + h2, r * c:(r + n * k) * c].view(b, h2, n, k * c).add_(v[:, :, r::k, ky])
+    return _interior(out, layer)
+
+
+def per_sample_grads(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, onehot: torch.Tensor,
+                     ws: Workspace) -> torch.Tensor:
+    """Flat kernel-layout gradient of each sample's own loss CE_b, [B, P] (one batched backward)."""
+    out = cols1.new_empty(len(onehot), spec.numel)
+    loss_grad(spec, p, cols1, onehot, cols1.new_ones(len(onehot)), views(spec, out), ws, per_sample=True)
+    return out

@@ -1,0 +1,206 @@
+"""The CPU kernels of the paper's CNNs (tda.methods.cnn_kernels, cnn_ensemble) against autograd and the generic path.
+
+float64 throughout, so differences measure the algorithms (summation order only), not float32 rounding.
+Inputs have large constant regions, as the digits' background has: max-pool windows then hold exact
+ties, which the kernels must break as torch's max_pool2d does (the first maximum).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import autograd_grads, close
+from tda.methods import cnn_ensemble
+from tda.methods.ats import ats_scores
+from tda.methods import cnn_kernels as K
+from tda.methods.ensemble import member_losses, removal_weights, stack, train_ensemble
+from tda.methods.functional import per_sample_losses, split_params
+from tda.methods.memory import activation_bytes, chunk_size, default_chunk, member_bytes
+from tda.models import CNN, CNN3L
+
+DT = torch.float64
+ARCHS = [(CNN, 1, 28), (CNN3L, 1, 28), (CNN, 3, 32), (CNN3L, 3, 32)]
+IDS = ["cnn", "cnn3l", "cnn_rgb", "cnn3l_rgb"]
+
+
+def _images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Random images whose left third is constant (exact ties in the first max-pool windows)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, channels, size, size, generator=g, dtype=DT)
+    x[..., : size // 3] = 0.25
+    return x
+
+
+def _model(arch, channels: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return arch(channels).to(DT).eval()
+
+
+class Wrapped(nn.Module):
+    """The same network under another class: the kernels do not recognise it, so the generic path runs."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_loss_grad_equals_autograd(arch, channels, size):
+    model = _model(arch, channels)
+    x, y = _images(7, channels, size), torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(1))
+    w = torch.tensor([1.0, 0.0, 1.0, 0.5, 1.0, 2.0, 1.0], dtype=DT)
+    params, frozen = split_params(model)
+    spec = K.cnn_spec(model, params, frozen, x)
+    assert spec is not None
+    flat = K.to_kernel(spec, params)
+    grad = torch.full_like(flat, float("nan"))  # every entry must be written
+    K.loss_grad(spec, K.views(spec, flat), K.first_cols(spec, x), F.one_hot(y, 10).to(DT), w / len(y),
+                K.views(spec, grad), {})
+    loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum() / len(y)
+    ref = dict(zip(params, torch.autograd.grad(loss, list(model.parameters()))))
+    got = K.from_kernel(spec, grad.unsqueeze(0))
+    for n in params:
+        close(got[n][0], ref[n], 1e-12)
+
+
+def test_pooling_ties_between_different_patches_go_to_the_first_maximum():
+    """Exact ties whose patches differ (so the tie rule changes the gradient): the first maximum wins, as in torch."""
+    model = _model(CNN, 1)
+    with torch.no_grad():
+        model.conv1.weight.fill_(0.125)
+        model.conv1.bias.zero_()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (6, 1, 28, 28), generator=g).to(DT) / 4  # every conv1 output is exact: ties survive rounding
+    y = torch.randint(0, 10, (6,), generator=g)
+    with torch.no_grad():
+        windows = F.unfold(F.gelu(model.conv1(x)), 2, stride=2).view(6, 32, 4, -1)
+    tied = (windows == windows.amax(2, keepdim=True)).sum(2) > 1
+    assert tied.float().mean() > 0.05
+    params, frozen = split_params(model)
+    spec = K.cnn_spec(model, params, frozen, x)
+    grad = torch.zeros_like(K.to_kernel(spec, params))
+    K.loss_grad(spec, K.views(spec, K.to_kernel(spec, params)), K.first_cols(spec, x), F.one_hot(y, 10).to(DT),
+                torch.full((6,), 1 / 6, dtype=DT), K.views(spec, grad), {})
+    ref = torch.autograd.grad(F.cross_entropy(model(x), y), model.conv1.weight)[0]
+    close(K.from_kernel(spec, grad.unsqueeze(0))["conv1.weight"][0], ref, 1e-12)
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_member_losses_equal_the_model(arch, channels, size):
+    model = _model(arch, channels)
+    params, frozen = split_params(model)
+    x, y = _images(45, channels, size, seed=2), torch.randint(0, 10, (45,))
+    members = stack(params, 3)
+    members["fc2.bias"][1, 3] += 0.5  # members differ
+    got = member_losses(model, members, frozen, x, y, vectorize=False)
+    ref = torch.stack([per_sample_losses(model, {n: t[k] for n, t in members.items()}, frozen, x, y) for k in range(3)])
+    close(got, ref, 1e-12)
+    assert not torch.allclose(got[1], got[0])
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_layout_round_trip(arch, channels, size):
+    params, frozen = split_params(_model(arch, channels))
+    spec = K.cnn_spec(_model(arch, channels), params, frozen, _images(1, channels, size))
+    members = {n: torch.randn(2, *t.shape, dtype=DT) for n, t in params.items()}
+    flat = K.to_kernel(spec, members)
+    assert flat.shape == (2, spec.numel) and spec.numel == sum(t.numel() for t in params.values())
+    back = K.from_kernel(spec, flat)
+    assert all(torch.equal(back[n], members[n]) for n in params)
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS[1:3], ids=IDS[1:3])
+def test_ensemble_training_equals_generic_path(arch, channels, size):
+    """Kernel LOO training (CPU) against the generic functional path on the same network, with a control member."""
+    model = _model(arch, channels, seed=4)
+    x, y = _images(6, channels, size, seed=5), torch.randint(0, 10, (6,), generator=torch.Generator().manual_seed(6))
+    batches = [[torch.tensor([4, 0, 2, 5]), torch.tensor([1, 3])], [torch.tensor([3, 1, 0, 2]), torch.tensor([5, 4])]]
+    w = removal_weights(6, control=True, dtype=DT)
+    params, frozen = split_params(model)
+    kernel = train_ensemble(model, params, frozen, x, y, batches, w, 1e-2, 5e-3, snapshot_epochs=[0, 1],
+                            vectorize=False, chunk=4)
+    wrapped = Wrapped(model)
+    wp, wf = split_params(wrapped)
+    generic = train_ensemble(wrapped, wp, wf, x, y, batches, w, 1e-2, 5e-3, snapshot_epochs=[0, 1], vectorize=False)
+    for snap_k, snap_g in zip(kernel, generic):
+        for n in params:
+            close(snap_k[n], snap_g[f"inner.{n}"])
+    assert not torch.allclose(kernel[1]["conv1.weight"][1], kernel[1]["conv1.weight"][0])
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_per_sample_grads_and_ats_equal_the_generic_path(arch, channels, size):
+    model = _model(arch, channels, seed=7)
+    g = torch.Generator().manual_seed(8)
+    x, y = _images(5, channels, size, seed=8), torch.randint(0, 10, (5,), generator=g)
+    xt, yt = _images(4, channels, size, seed=9), torch.randint(0, 10, (4,), generator=g)
+    params, frozen = split_params(model)
+    spec = K.cnn_spec(model, params, frozen, x)
+    per_sample = K.from_kernel(spec, cnn_ensemble.sample_grads(spec, K.to_kernel(spec, params), x, y))
+    close(torch.cat([per_sample[n].flatten(1) for n in params], dim=1), autograd_grads(model, x, y), 1e-12)
+    wrapped = Wrapped(model)
+    generic = ats_scores(wrapped, *split_params(wrapped), x, y, xt, yt, 1e-2, 5e-3, vectorize=False)
+    close(ats_scores(model, params, frozen, x, y, xt, yt, 1e-2, 5e-3, vectorize=False, member_chunk=2), generic)
+    assert generic.abs().min() > 0
+
+
+def test_training_takes_the_kernel_path_for_cnns_only(monkeypatch):
+    calls = []
+    real = cnn_ensemble.train_members
+    monkeypatch.setattr(cnn_ensemble, "train_members", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = _model(CNN, 1)
+    x, y = _images(3, 1, 28), torch.tensor([0, 1, 2])
+    batches, w = [[torch.arange(3)]], removal_weights(3, control=False, dtype=DT)
+    for m in (model, Wrapped(model)):
+        p, f = split_params(m)
+        train_ensemble(m, p, f, x, y, batches, w, 1e-3, 0.0, vectorize=False)
+    assert calls == [1]
+    p, f = split_params(model)
+    assert K.cnn_spec(model, p, f, x) is not None
+    assert K.cnn_spec(model, p, f, x.float()) is None  # inputs and parameters of different dtypes
+    assert K.cnn_spec(model, p, {"extra": torch.zeros(1)}, x) is None  # frozen tensors: not the plain CNN
+    assert K.cnn_spec(model, p, f, x[:, :, :4, :4]) is None  # too small for its layers
+    assert K.cnn_spec(Wrapped(model), *split_params(Wrapped(model)), x) is None
+
+
+# ---------------------------------------------------------------- chunks from memory
+def test_chunk_size_from_a_stated_budget():
+    per = member_bytes(1000, 4, 0, training=True)
+    assert per == 1000 * 4 * 5
+    assert chunk_size(per, 10 * per + 1, 30) == 10
+    assert chunk_size(per, 100 * per, 30) == 30  # never more than the members
+    assert chunk_size(per, per - 1, 30) == 1  # always at least one
+    assert member_bytes(1000, 8, 123, training=False) == 1000 * 8 * 2 + 123
+
+
+def test_default_chunk_counts_activations_per_member_only_when_vmapped():
+    model = _model(CNN, 1).float()
+    params, frozen = split_params(model)
+    x = _images(4, 1, 28).float()
+    act = activation_bytes(model, params, frozen, x[:1])
+    assert activation_bytes(model, params, frozen, x[:2]) == 2 * act
+    assert act > 4 * (32 * 26 * 26 + 64 * 11 * 11)  # at least the two conv outputs
+    n_params = sum(t.numel() for t in params.values())
+    per_vmapped = member_bytes(n_params, 4, act * 30 * 2, training=True)
+    budget = 7 * per_vmapped + 10
+    assert default_chunk(model, params, frozen, x, 30, 100, training=True, vectorized=True, budget=budget) == 7
+    looped = budget // member_bytes(n_params, 4, 0, training=True)
+    shared = act * 30 * 2 // member_bytes(n_params, 4, 0, training=True)
+    got = default_chunk(model, params, frozen, x, 30, 1000, training=True, vectorized=False, budget=budget)
+    assert got in (looped - shared, looped - shared - 1)
+
+
+def test_measuring_activations_draws_no_random_numbers():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Dropout(0.5), nn.Linear(8, 3)).to(DT).train()
+    params, frozen = split_params(model)
+    torch.manual_seed(0)
+    activation_bytes(model, params, frozen, torch.randn(2, 16, dtype=DT))
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.randn(2, 16, dtype=DT)
+    assert torch.equal(after, torch.rand(3))
