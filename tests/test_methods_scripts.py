@@ -63,6 +63,13 @@ def test_loo_protocols_and_if_cg_through_the_scripts(experiment, capsys):
     seed = load_seeds(cfg.root)[0]
     loo = script("run_loo").main
     loo(["--experiment", EXPERIMENT, "--seed_id", "0"])
+    paper = torch.load(cfg.scores_path("loo", seed), weights_only=True)
+    assert paper["settings"]["protocol"] == "paper"
+    loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "continue"])  # the CNNs' paper protocol
+    cont = torch.load(cfg.scores_path("loo", seed), weights_only=True)
+    assert cont["settings"]["protocol"] == "continue" and torch.equal(cont["scores"], paper["scores"])
+    loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "paper"])
+    capsys.readouterr()
     loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "scratch"])
     out = capsys.readouterr().out  # a file computed with another protocol is recomputed, saying why
     assert f"recomputing loo seed {seed}: settings changed (protocol 'paper' -> 'scratch')" in out

@@ -496,3 +496,6 @@ def test_loo_paired_protocol_equals_plain_continuation(exp, tiny, finetuned, tmp
     empty = parse_experiment(exp.name, root=tmp_path)
     with pytest.raises(TDAError, match="run_vit_finetuning.py"):  # no checkpoints: say which script to run
         recorded_model_path(empty)
+    # the paper's ViT LOO (fresh, unpaired LoRA from the pretrained weights) is not reproduced: refused, not faked
+    with pytest.raises(TDAError, match="fresh, unpaired LoRA.*--protocol scratch"):
+        script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--protocol", "paper"])

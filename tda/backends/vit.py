@@ -89,6 +89,7 @@ class ViTBackend(Backend):
 
     train_mode = True
     loo_protocol = "scratch"
+    paper_loo_is_continue = False  # the paper retrained from the pretrained weights with a fresh, unpaired LoRA
     eval_chunk = 128
 
     def __init__(self, cfg: ExperimentConfig, name_or_path: str | None = None):
