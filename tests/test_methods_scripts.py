@@ -76,8 +76,9 @@ def test_loo_protocols_and_if_cg_through_the_scripts(experiment, capsys):
     loo(["--experiment", EXPERIMENT, "--seed_id", "0", "--protocol", "scratch", "--chunk", "3", "--overwrite"])
     s = torch.load(cfg.scores_path("loo", seed), weights_only=True)["settings"]
     assert s["protocol"] == "scratch" and s["members"] == 7
-    # the control member retraces training, so it lands on the saved checkpoints (float32 rounding only)
-    assert max(s["control_vs_checkpoint_max_abs_test_loss_diff"]) < 1e-3
+    # the control member retraces training, so it lands on the saved checkpoints up to float32 rounding (about
+    # 3e-6 measured on the CPU: the ensemble sums the weighted per-sample losses in another order than training)
+    assert max(s["control_vs_checkpoint_max_abs_test_loss_diff"]) < 1e-5 and s["control_matches_checkpoints"]
     script("run_if").main(["--experiment", EXPERIMENT, "--seed_id", "0", "--solver", "cg", "--max_iter", "3",
                             "--overwrite"])
     s = torch.load(cfg.scores_path("if", seed), weights_only=True)["settings"]
