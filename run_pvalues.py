@@ -1,6 +1,11 @@
-"""Per-pair p-values of every TDA method over seeds and 1..5 checkpoints, their mean and significance."""
+"""Per-pair p-values of every TDA method over seeds and 1..5 checkpoints, their mean and significance.
+
+With --scores, of attribution scores computed anywhere, shaped [seeds, checkpoints, N, M] (docs/own_data.md):
+--experiment then only names results/<NAME>/, and an experiment's own methods join them when it has scores.
+"""
 from tda import cli, results
 from tda.config import parse_experiment
+from tda.results.external import pvalues_with_scores
 from tda.results.report import write_report
 
 
@@ -8,13 +13,26 @@ def main(argv: list[str] | None = None) -> "results.PValueSummary":
     p = cli.parser(__doc__)
     cli.add_experiment_args(p, seeds=False)
     results.add_methods_arg(p)
+    p.add_argument("--scores", nargs="+", default=None,
+                   help="external scores: a .pt (tensor or dict with 'scores') or .npy file [seeds, checkpoints, N, M], "
+                        "or a directory with one [checkpoints, N, M] file per seed; one per --method_name")
+    p.add_argument("--method_name", nargs="+", default=None, help="the name of each --scores in tables and files")
+    p.add_argument("--train_indices", default=None, help="file of the N training indices, one integer per line")
+    p.add_argument("--test_indices", default=None, help="file of the M test indices, one integer per line")
     args = p.parse_args(argv)
-    cfg = parse_experiment(args.experiment)
-    summary = results.pvalues_step(cfg, args.methods, args.overwrite)
-    path = write_report(cfg)
+    if args.scores or args.method_name or args.train_indices or args.test_indices:
+        if not args.scores or not args.method_name:
+            p.error("--scores and --method_name go together (and --train_indices/--test_indices need them)")
+        summary, path = pvalues_with_scores(args.experiment, args.scores, args.method_name, args.train_indices,
+                                            args.test_indices, args.methods, args.overwrite)
+        out_dir = path.parent
+    else:
+        cfg = parse_experiment(args.experiment)
+        summary = results.pvalues_step(cfg, args.methods, args.overwrite)
+        path, out_dir = write_report(cfg), cfg.results_dir
     print(results.format_pvalue_summary(summary))
     print("p-value histograms: " + ", ".join(map(str, summary.figures)))
-    print(f"per-pair p-values in {cfg.results_dir}/pvalues_<method>_across_<K>_ckpts.csv; report: {path}")
+    print(f"per-pair p-values in {out_dir}/pvalues_<method>_across_<K>_ckpts.csv; report: {path}")
     return summary
 
 

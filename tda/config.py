@@ -14,6 +14,8 @@ N_CKPTS = 5
 SUBSET_GENERATION_SEED = 2023  # fixed so every machine draws the same subsets (docs/pipeline.md)
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 TASK_FILE = "task.json"  # data/<task>/task.json defines a task of the user's own (docs/pipeline.md#tasks)
+MODELS_FILE = "models.json"  # <root>/models.json registers model families of the user's own (docs/own_data.md)
+USER_NAME = re.compile(r"^[a-z0-9]+$")
 #: experiment-name suffixes that take one source of seed noise away (docs/statistics.md)
 VARIANTS = {"init": "only the initialisation varies with the seed; every seed uses the first seed's batch order",
             "batch": "only the batch order varies with the seed; every seed starts from the first seed's init"}
@@ -91,6 +93,28 @@ def get_task(name: str, root: Path | None = None) -> TaskSpec:
     known = ", ".join([*TASKS, *user_tasks(root)])
     raise TDAError(f"unknown task {name!r}: choose one of {known}, or define it from a dataset of your own with "
                    f"`python run_subset_generation.py --task {name} --hf_dataset ...`")
+
+
+def user_models(root: Path | None = None) -> dict[str, str]:
+    """Model families registered in <root>/models.json: model name -> `module:function` of its constructor."""
+    path = (root or repo_root()) / MODELS_FILE
+    if not path.exists():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TDAError(f"cannot read the model registry {path} ({type(e).__name__}: {e}): fix or delete it")
+    bad = [k for k, v in d.items() if not USER_NAME.match(str(k)) or k in MODELS or not isinstance(v, str)
+           or v.count(":") != 1] if isinstance(d, dict) else ["<not a JSON object>"]
+    if bad:
+        raise TDAError(f"{path}: bad entry {bad[0]!r}: expected {{\"<name>\": \"module:function\"}} with names of "
+                       f"lowercase letters and digits other than {', '.join(MODELS)}; fix or delete it")
+    return dict(d)
+
+
+def model_names(root: Path | None = None) -> list[str]:
+    """Every model family an experiment name may use: the built-in MODELS, then those of models.json."""
+    return [*MODELS, *user_models(root)]
 
 
 @dataclass(frozen=True)
@@ -185,13 +209,14 @@ def parse_experiment(name: str, root: Path | None = None) -> ExperimentConfig:
     """Parse `<model>_<task>_<n>pc[_<variant>]`; an invalid name raises a one-line TDAError listing what is valid."""
     root = Path(root) if root is not None else repo_root()
     tasks = [*TASKS, *user_tasks(root)]
-    valid = (f"expected <model>_<task>_<n>pc[_<variant>] with model in {{{', '.join(MODELS)}}}, "
+    models = model_names(root)
+    valid = (f"expected <model>_<task>_<n>pc[_<variant>] with model in {{{', '.join(models)}}}, "
              f"task in {{{', '.join(tasks)}}}, variant in {{{', '.join(VARIANTS)}}}, e.g. cnn_digits3_10pc")
     m = _NAME.match(name)
     if not m:
         raise TDAError(f"bad experiment name {name!r}: {valid}")
     model, task, n, variant = m["model"], m["task"], int(m["n"]), m["variant"]
-    if model not in MODELS:
+    if model not in models:
         raise TDAError(f"unknown model {model!r} in {name!r}: {valid}")
     if task not in tasks:
         raise TDAError(f"unknown task {task!r} in {name!r}: {valid}")

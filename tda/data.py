@@ -1,4 +1,8 @@
-"""Datasets, their transforms and the deterministic class-balanced subsets of each task."""
+"""Datasets, their transforms and the deterministic class-balanced subsets of each task.
+
+Sources: torchvision, IDX files and scikit-learn for the built-in tasks, or Hugging Face `datasets`
+(`tda.hf_data`) for a built-in task's copy and for tasks defined from a dataset of the user's own.
+"""
 from __future__ import annotations
 
 import gzip
@@ -9,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io, provenance
+from . import hf_data, io, provenance
 from .config import SUBSET_GENERATION_SEED, TaskSpec, TDAError
+from .hf_data import HFSource
 
 #: bump when `transform` changes, so existing subset tensors are rebuilt
 TRANSFORM_VERSION = 1
@@ -18,10 +23,36 @@ TRANSFORM_VERSION = 1
 
 @dataclass
 class RawSplit:
-    """Images as stored by the source (uint8 HxW / HxWxC or float) and integer labels."""
+    """Images as stored by the source (uint8 HxW / HxWxC or float; or decoded on indexing) and integer labels.
 
-    images: torch.Tensor
+    `digest`: the source's own content digest where it has one (datasets read with `tda.hf_data`);
+    otherwise the images and labels are hashed.
+    """
+
+    images: torch.Tensor | hf_data.ImageColumn
     labels: torch.Tensor
+    digest: str | None = None
+
+    def source_digest(self) -> str:
+        """What the subset tensors drawn from this split record as their source."""
+        return self.digest or provenance.digest([self.images, self.labels])
+
+
+def user_defined(spec: TaskSpec) -> bool:
+    """A task defined from a dataset of the user's own (data/<task>/task.json), not a built-in one."""
+    return spec.source is not None
+
+
+def single_pool(spec: TaskSpec) -> bool:
+    """Train and test are drawn from one pool (digits3, a dataset without a test split): test first, disjointly."""
+    return spec.name == "digits3" or (user_defined(spec) and not spec.source.get("test_split"))
+
+
+def test_classes(spec: TaskSpec) -> tuple[int, ...] | None:
+    """The classes a per-class test draw covers (None: the test set is drawn uniformly from every class)."""
+    if spec.test_per_class is None:
+        return None
+    return spec.train_classes if spec.name == "digits3" or user_defined(spec) else tuple(range(10))
 
 
 # ---------------------------------------------------------------- sources
@@ -84,8 +115,22 @@ def _load_digits() -> tuple[RawSplit, RawSplit]:
     return s, s  # one pool: train and test are drawn disjointly from it
 
 
-def load_source(spec: TaskSpec, data_root: Path) -> tuple[RawSplit, RawSplit]:
-    """The full train and test pools of a task, from disk (torchvision downloads only when absent)."""
+def load_source(spec: TaskSpec, data_root: Path, hf: HFSource | None = None,
+                cache_dir: Path | None = None) -> tuple[RawSplit, RawSplit]:
+    """The full train and test pools of a task, from disk (torchvision downloads only when absent).
+
+    `hf`: read a built-in task from a Hugging Face copy instead (rows in the original order). A task
+    defined from a dataset reads the source its spec records. `cache_dir`: where `imagefolder` caches.
+    """
+    if user_defined(spec):
+        (xtr, ytr, dtr), (xte, yte, dte) = hf_data.load_task(spec, cache_dir)
+        return RawSplit(xtr, ytr, dtr), RawSplit(xte, yte, dte)
+    if hf is not None:
+        if spec.name not in hf_data.BUILTIN:
+            raise TDAError(f"{spec.name} does not read a Hugging Face dataset (it comes with scikit-learn): --hf_dataset "
+                           f"works with {', '.join(hf_data.BUILTIN)} or a new task name")
+        (xtr, ytr), (xte, yte) = hf_data.load_builtin(spec, hf, cache_dir)
+        return RawSplit(xtr, ytr), RawSplit(xte, yte)
     import torchvision
     data_root = Path(data_root)
     if spec.name == "mnist3":
@@ -113,6 +158,9 @@ def transform(spec: TaskSpec, images: torch.Tensor) -> torch.Tensor:
         # 8x8 grey levels 0..16 -> [0, 1], bilinear up to 28x28 so the MNIST CNN applies
         x = images.float().div(16.0).unsqueeze(1)
         return F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0, 1)
+    if user_defined(spec):  # decoded at the task's size: uint8 [N, H, W] (grey) or [N, H, W, 3] -> [0, 1], no normalisation
+        x = images.float().div(255.0)
+        return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     raise TDAError(f"unknown task {spec.name!r}")
 
 
@@ -126,19 +174,25 @@ def draw_subsets(spec: TaskSpec, train_labels: torch.Tensor, test_labels: torch.
                  num_per_class: list[int]) -> tuple[dict[int, list[int]], list[int]]:
     """Deterministic class-balanced draws: {n: train indices} (nested in n) and the test indices.
 
-    Every list is sorted by dataset index. digits3 has a single pool: its test draw (100 per
-    class) is taken first and the training draws come from the rest, so they are disjoint.
+    Every list is sorted by dataset index. digits3, and a dataset of the user's own without a test
+    split, have a single pool: the per-class test draw is taken first and the training draws come
+    from the rest, so they are disjoint.
     """
     g = torch.Generator().manual_seed(SUBSET_GENERATION_SEED)
     if spec.test_per_class is None:  # uniform over the whole test set, all ten classes (as the paper did)
         test = torch.randperm(len(test_labels), generator=g)[: spec.test_size]
         test_set = set()
     else:
-        perms = _class_perms(test_labels, spec.train_classes if spec.name == "digits3" else range(10), g)
+        perms = _class_perms(test_labels, test_classes(spec), g)
+        short = {c: len(p) for c, p in perms.items() if len(p) < spec.test_per_class}
+        if short:
+            c, have = next(iter(short.items()))
+            raise TDAError(f"{spec.test_per_class} test images per class asked for {spec.name}, class {c} has only "
+                           f"{have}: define the task with a smaller --test_per_class")
         test = torch.cat([p[: spec.test_per_class] for p in perms.values()])
         test_set = set(test.tolist())
     pool_perms = _class_perms(train_labels, spec.train_classes, g)
-    if spec.name == "digits3":  # remove the test draw from the shared pool
+    if single_pool(spec):  # remove the test draw from the shared pool
         pool_perms = {c: torch.tensor([i for i in p.tolist() if i not in test_set], dtype=torch.long)
                       for c, p in pool_perms.items()}
     train = {}
@@ -197,30 +251,32 @@ def _current(path: Path) -> dict | None:
 
 
 def generate_subsets(spec: TaskSpec, num_per_class: list[int], data_dir: Path, data_root: Path,
-                     overwrite: bool = False, log=lambda line: None) -> tuple[list[Path], list[Path]]:
+                     overwrite: bool = False, log=lambda line: None,
+                     hf: HFSource | None = None) -> tuple[list[Path], list[Path]]:
     """Write index lists and tensor files for a task; existing index lists are checked and used as they are.
 
     A tensor file is rebuilt only when its index list, the source data or the transform changed since it
-    was written (or with `overwrite`); returns (files written, files kept).
+    was written (or with `overwrite`); returns (files written, files kept). `hf`: read a built-in task
+    from a Hugging Face copy (see `load_source`).
     """
     data_dir = Path(data_dir)
     io.sweep(data_dir)  # temp files of a killed run
-    train_split, test_split = load_source(spec, data_root)
+    train_split, test_split = load_source(spec, data_root, hf, data_dir / ".hf_cache")
     drawn_train, drawn_test = draw_subsets(spec, train_split.labels, test_split.labels, num_per_class)
-    source = {"train": provenance.digest([train_split.images, train_split.labels]),
-              "test": provenance.digest([test_split.images, test_split.labels])}
+    source = {"train": train_split.source_digest(), "test": test_split.source_digest()}
     written, kept = [], []
     test_txt = data_dir / "test_subset.txt"
     test_idx = io.read_index_list(test_txt) if test_txt.exists() else drawn_test
-    test_classes = spec.train_classes if spec.name == "digits3" else sorted(set(test_split.labels.tolist()))
-    validate_indices(test_idx, test_split.labels, test_classes, test_txt)
+    allowed = test_classes(spec) if single_pool(spec) or user_defined(spec) else sorted(set(test_split.labels.tolist()))
+    validate_indices(test_idx, test_split.labels, allowed, test_txt)
     targets = [(test_txt, data_dir / "test_subset.pt", test_idx, test_split, "test")]
     for n in num_per_class:
         txt = data_dir / f"train_subset_{n}pc.txt"
         idx = io.read_index_list(txt) if txt.exists() else drawn_train[n]
         validate_indices(idx, train_split.labels, spec.train_classes, txt, per_class=n)
-        if spec.name == "digits3" and set(idx) & set(test_idx):
-            raise TDAError(f"{txt} overlaps {test_txt}: digits3 train and test must be disjoint; fix or delete them")
+        if single_pool(spec) and set(idx) & set(test_idx):
+            raise TDAError(f"{txt} overlaps {test_txt}: {spec.name} draws train and test from one pool, they must be "
+                           "disjoint; fix or delete them")
         targets.append((txt, data_dir / f"train_subset_{n}pc.pt", idx, train_split, "train"))
     for txt, pt, idx, split, which in targets:
         if not txt.exists():

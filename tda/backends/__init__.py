@@ -1,9 +1,14 @@
-"""Model families ("backends"), keyed by the model part of an experiment name."""
+"""Model families ("backends"), keyed by the model part of an experiment name.
+
+`REGISTRY` holds the built-in families (the same names as `config.MODELS`); families of the user's own are
+registered in <root>/models.json (`config.user_models`) and served by `CustomBackend`.
+"""
 from __future__ import annotations
 
-from ..config import MODELS, ExperimentConfig, TDAError
+from ..config import MODELS, ExperimentConfig, TDAError, model_names, user_models
 from .base import Backend, Batches, epoch_batches
 from .cnn import CNNBackend
+from .custom import CustomBackend
 from .vit import ViTBackend
 
 REGISTRY: dict[str, type[Backend]] = {"cnn": CNNBackend, "cnn3l": CNNBackend, "vit": ViTBackend}
@@ -12,9 +17,13 @@ assert set(REGISTRY) == set(MODELS), "config.MODELS and the backend registry mus
 
 def get_backend(cfg: ExperimentConfig, **options) -> Backend:
     """The backend of an experiment's model family; `options` go to its constructor (e.g. name_or_path for the ViT)."""
-    if cfg.model not in REGISTRY:
-        raise TDAError(f"no backend for model {cfg.model!r}: choose one of {', '.join(REGISTRY)}")
-    return REGISTRY[cfg.model](cfg, **options)
+    if cfg.model in REGISTRY:
+        return REGISTRY[cfg.model](cfg, **options)
+    if cfg.model in user_models(cfg.root):
+        return CustomBackend(cfg, **options)
+    raise TDAError(f"no backend for model {cfg.model!r}: choose one of {', '.join(model_names(cfg.root))}, or register "
+                   f"your own with `python -m tda.backends.custom --model {cfg.model} --model_factory module:function`")
 
 
-__all__ = ["Backend", "Batches", "CNNBackend", "ViTBackend", "REGISTRY", "epoch_batches", "get_backend"]
+__all__ = ["Backend", "Batches", "CNNBackend", "CustomBackend", "ViTBackend", "REGISTRY", "epoch_batches",
+           "get_backend"]

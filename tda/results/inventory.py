@@ -31,6 +31,10 @@ def commands(experiment: str, methods: list[str]) -> str:
     return "; ".join(dict.fromkeys(registered[m].command(experiment) for m in methods))
 
 
+AXES = ("seeds", "checkpoints", "training samples N", "test samples M")
+SOURCES = ("seeds", "checkpoint epochs", "training indices", "test indices")
+
+
 @dataclass
 class MethodScores:
     """All seeds' attributions tau of one output, [S seeds, C checkpoints, N train, M test] float64, with
@@ -49,9 +53,13 @@ class MethodScores:
         self.scores = np.asarray(self.scores, dtype=np.float64)
         self.label = self.label or label(self.method)
         want = (len(self.seeds), len(self.ckpt_epochs), len(self.train_indices), len(self.test_indices))
-        if self.scores.shape != want:
-            raise TDAError(f"{self.label} scores have shape {tuple(self.scores.shape)}, expected "
-                           f"[seeds, ckpts, n_train, n_test] = {list(want)} from its seeds, epochs and indices")
+        if self.scores.ndim != 4:
+            raise TDAError(f"{self.label} scores have {self.scores.ndim} axes (shape {tuple(self.scores.shape)}), "
+                           "expected 4: [seeds, checkpoints, n_train, n_test]")
+        for axis, (got, expected) in enumerate(zip(self.scores.shape, want)):
+            if got != expected:
+                raise TDAError(f"{self.label} scores have shape {tuple(self.scores.shape)}: axis {axis} "
+                               f"({AXES[axis]}) has {got} entries, but its {SOURCES[axis]} list {expected}")
         if len(self.seeds) < 2:
             raise TDAError(f"{self.label} scores have {len(self.seeds)} seed(s): sigma needs >= 2")
 
