@@ -13,7 +13,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -108,6 +107,12 @@ def test_readme_commands_run_end_to_end(tmp_path, monkeypatch):
     assert ck["model_factory"] == "mymodels:make_mlp" and "1.weight" in ck["state_dict"]
     assert torch.load(root / "tda_scores" / "mlp_digits4_5pc" / "if" / "446.pt", weights_only=True)["scores"].shape \
         == (5, 20, 80)
+    # the other methods take the model of your own too (its generic, non-CNN code paths)
+    for name in ("run_ats", "run_loo"):
+        script(name).main(["--experiment", "mlp_digits4_5pc", "--seed_id", "0", "--workers", "1"])
+    for output in ("ats", "loo"):
+        assert torch.load(root / "tda_scores" / "mlp_digits4_5pc" / output / "446.pt", weights_only=True)["scores"] \
+            .isfinite().all()
     # the saved array through the script gives the same table as the array through significance()
     assert (root / "results" / "my_trak" / "mean_p_values.csv").read_bytes() == from_python
     # our own score directory as external scores: the same p-values as the pipeline's, next to them in one table

@@ -42,7 +42,8 @@ class External:
 def _read_file(path: Path) -> tuple[np.ndarray, dict]:
     """A file's scores as float64 and what else it records (our score files: indices and checkpoint epochs)."""
     if path.suffix not in SUFFIXES:
-        raise TDAError(f"{path}: scores must be a .pt or .npy file (or a directory of them), not {path.suffix or 'a file without suffix'}")
+        raise TDAError(f"{path}: scores must be a .pt or .npy file (or a directory of them), "
+                       f"not {path.suffix or 'a file without suffix'}")
     try:
         obj = np.load(path, allow_pickle=False) if path.suffix == ".npy" else torch.load(
             path, map_location="cpu", weights_only=True)
