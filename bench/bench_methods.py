@@ -2,7 +2,7 @@
 
 The paper's CNN on sklearn's digits (28x28): 30 training samples (digits 0-2, 10 per class) and
 90 or 300 test samples (all ten digits), one seed trained with the reference protocol, its
-checkpoints. Run from the repo root: `python bench/bench_methods.py` (about 10 minutes on one
+checkpoints. Run from the repo root: `python bench/bench_methods.py` (about 5 minutes on one
 thread of a 2-core CPU), or `--quick` (one size, two checkpoints, shorter loops; under 3 minutes),
 which ends with one JSON line of the headline figures.
 
