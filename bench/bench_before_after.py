@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.bench_methods import CFG, SEED, digits  # noqa: E402
+from tda.backends import get_backend  # noqa: E402
+from tda.training import train_member  # noqa: E402
 
 WORKER = r"""
 import json, resource, sys, time, torch
@@ -43,10 +48,6 @@ print(json.dumps({"user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_
 
 
 def main(argv=None):
-    from bench.bench_methods import CFG, SEED, digits
-    from tda.backends import get_backend
-    from tda.training import train_member
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", required=True, help="the earlier revision (any git revision name)")
     p.add_argument("--test_sizes", type=int, nargs="+", default=[90, 300])
@@ -54,6 +55,20 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["loo", "ats"], choices=["loo", "ats"])
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_before_after_"))
+    try:
+        rows = compare(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n| method | N x M | before CPU (s) | before sys (s) | after CPU (s) | after sys (s) | speed-up (CPU) "
+          "| before wall (s) | after wall (s) | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0].upper()} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.2f} "
+              f"| {r[7]:.1f} | {r[8]:.1f} | {r[9]:.0e} |")
+
+
+def compare(args: argparse.Namespace, tmp: Path) -> list[tuple]:
+    """Time both revisions on every size, method and checkpoint, working in `tmp`; one row per (method, size)."""
     old = tmp / "old"
     old.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", args.old], check=True, capture_output=True).stdout
@@ -80,16 +95,12 @@ def main(argv=None):
                     outs[name] = torch.load(tmp / f"{name}.pt", weights_only=True)
                 diff = max(diff, float((outs["new"] - outs["old"]).abs().max() / outs["old"].abs().max()))
             (ou, os_, ow), (nu, ns, nw) = total["old"], total["new"]
-            rows.append((method, f"{len(y)} x {m_test}", ou + os_, os_, nu + ns, ns, (ou + os_) / (nu + ns), ow, nw, diff))
+            rows.append((method, f"{len(y)} x {m_test}", ou + os_, os_, nu + ns, ns, (ou + os_) / (nu + ns), ow, nw,
+                         diff))
             print(f"{method} {len(y)} x {m_test}: CPU old {ou + os_:.1f} s (sys {os_:.1f}) new {nu + ns:.1f} s "
-                  f"(sys {ns:.1f}) x{(ou + os_) / (nu + ns):.2f} | wall old {ow:.1f} new {nw:.1f} | rel diff {diff:.0e}",
-                  flush=True)
-    print("\n| method | N x M | before CPU (s) | before sys (s) | after CPU (s) | after sys (s) | speed-up (CPU) "
-          "| before wall (s) | after wall (s) | max rel diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0].upper()} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.2f} | {r[7]:.1f} "
-              f"| {r[8]:.1f} | {r[9]:.0e} |")
+                  f"(sys {ns:.1f}) x{(ou + os_) / (nu + ns):.2f} | wall old {ow:.1f} new {nw:.1f} "
+                  f"| rel diff {diff:.0e}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
