@@ -2,12 +2,13 @@
 #   make run [EXPERIMENT=cnn_digits3_10pc]   set up .venv, then the whole pipeline for all ten seeds
 #            [ARGS="--model_name_or_path DIR"]  extra arguments for the training script (see run_experiment.sh)
 #   make test                                set up .venv, then the tests
+#   make study [ARGS=--quick]                set up .venv, then the study of docs/study.md (results/study/report.md)
 PYTHON ?= python3
 VENV := .venv
 EXPERIMENT ?= cnn_digits3_10pc
 ARGS ?=
 
-.PHONY: run test venv
+.PHONY: run test venv study
 
 venv: $(VENV)/.installed
 
@@ -21,3 +22,6 @@ run: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests
+
+study: venv
+	$(VENV)/bin/python run_study.py $(ARGS)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig
+from ..seeds import load_seeds
 
 Batches = list[list[torch.Tensor]]
 
@@ -30,6 +31,11 @@ def epoch_batches(n: int, batch_size: int, epochs: int) -> Batches:
     return [[b.clone() for b in loader] for _ in range(epochs)]
 
 
+def as_sets(batches: Batches) -> Batches:
+    """Each batch's indices in ascending order: the same batch composition, one summation order for every seed."""
+    return [[b.sort().values for b in epoch] for epoch in batches]
+
+
 class Backend(ABC):
     """One model family, bound to an experiment config."""
 
@@ -37,37 +43,66 @@ class Backend(ABC):
     train_mode: ClassVar[bool] = False
     #: the LOO protocol used when none is asked for
     loo_protocol: ClassVar[str] = "paper"
+    #: whether the paper's own LOO for this family is our `continue` protocol (else `--protocol paper` is refused)
+    paper_loo_is_continue: ClassVar[bool] = True
     #: samples per forward pass when only evaluating
     eval_chunk: ClassVar[int] = 1000
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self._skeletons: dict[str, nn.Module] = {}
+        self._reference_seed: int | None = None
 
     # ---- initialisation and data order
     @abstractmethod
     def build(self) -> nn.Module:
         """A freshly initialised model, in train mode; its random init is drawn from the global generator."""
 
+    def reference_seed(self) -> int:
+        """The seed a variant holds fixed for every member: the first of random_seeds.pt."""
+        if self._reference_seed is None:
+            self._reference_seed = load_seeds(self.cfg.root)[0]
+        return self._reference_seed
+
+    def variant_seeds(self, seed: int) -> tuple[int, int]:
+        """(init seed, batch seed) of a seed: both the seed, except that `_init` fixes the batch seed and `_batch`
+        the init seed to the reference seed (docs/study.md)."""
+        if self.cfg.variant == "init":
+            return seed, self.reference_seed()
+        if self.cfg.variant == "batch":
+            return self.reference_seed(), seed
+        return seed, seed
+
     def initial(self, seed: int, n_train: int) -> tuple[nn.Module, Batches]:
         """A seed's start of training: `torch.manual_seed(seed)`, build the model, then draw every epoch's batches.
 
         Nothing else draws from the generator in between, so the batch order is what
         `DataLoader(subset, batch_size, shuffle=True)` yields after the seed and the model's construction.
+        In a variant the model comes from the init seed, and the batches (and every later draw, e.g.
+        dropout) from the generator exactly where the batch seed's own run would have it (seeded, a model
+        built and discarded); each batch is then visited in index order, so that batch order, not the
+        order of a sum's terms, is all that the batch seed changes.
         """
-        torch.manual_seed(seed)
+        init_seed, batch_seed = self.variant_seeds(seed)
+        torch.manual_seed(init_seed)
         model = self.build()
-        return model, epoch_batches(n_train, self.cfg.batch_size, self.cfg.epochs)
+        if batch_seed != init_seed:
+            torch.manual_seed(batch_seed)
+            self.build()  # consumes what the batch seed's own run drew before its batches
+        batches = epoch_batches(n_train, self.cfg.batch_size, self.cfg.epochs)
+        return model, as_sets(batches) if self.cfg.variant else batches
 
     def continuation_batches(self, seed: int, n_train: int) -> Batches:
         """Batches of the LOO protocols that continue from a checkpoint: `torch.manual_seed(seed)`, then the loader's draw.
 
         This is the reference's LOO: it loads the checkpoint, reseeds and iterates a fresh shuffled
         DataLoader, so no model construction happens in between and the order is not the training
-        run's; it is the same for every removed sample, which is all the protocol needs.
+        run's; it is the same for every removed sample, which is all the protocol needs. In a variant
+        the batch seed is used and each batch is visited in index order, as in `initial`.
         """
-        torch.manual_seed(seed)
-        return epoch_batches(n_train, self.cfg.batch_size, self.cfg.epochs)
+        torch.manual_seed(self.variant_seeds(seed)[1])
+        batches = epoch_batches(n_train, self.cfg.batch_size, self.cfg.epochs)
+        return as_sets(batches) if self.cfg.variant else batches
 
     def lr_schedule(self, total_steps: int) -> Callable[[int], float] | None:
         """The factor on the learning rate at each optimiser step of a `total_steps` run; None: constant."""
@@ -92,8 +127,9 @@ class Backend(ABC):
         return {}
 
     def provenance(self) -> dict:
-        """What, besides the data, constants and seed, a checkpoint of this family depends on."""
-        return {"family": type(self).__name__}
+        """What, besides the data, constants and seed, a checkpoint of this family depends on (a variant: its reference seed)."""
+        facts = {"family": type(self).__name__}
+        return {**facts, "reference seed": self.reference_seed()} if self.cfg.variant else facts
 
     @abstractmethod
     def load_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -1,11 +1,11 @@
-"""Hessian-vector products of the mean training loss, batched over many vectors."""
+"""Curvature-vector products of the mean training loss (its Hessian, or its Gauss-Newton matrix), batched over many vectors."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from .functional import Params, flatten, mean_loss, unflatten
+from .functional import Params, flatten, logits, mean_loss, unflatten
 
 
 def batched_hvp(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
@@ -33,5 +33,36 @@ def batched_hvp(model: nn.Module, params: Params, frozen: Params, x: torch.Tenso
         for i in range(0, n, data_chunk):
             xc, yc = x[i:i + data_chunk], y[i:i + data_chunk]
             acc += f(v, xc, yc) * (len(xc) / n)
+        out.append(acc)
+    return torch.cat(out) if out else vectors.clone()
+
+
+def batched_gnvp(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, vectors: torch.Tensor,
+                 data_chunk: int | None = None, vec_chunk: int = 64) -> torch.Tensor:
+    """G v for a batch of flattened vectors [R, P], G = mean_n J_n^T (diag(p_n) - p_n p_n^T) J_n the Gauss-Newton
+    matrix of the mean cross-entropy on x (positive semi-definite; labels do not enter).
+
+    J_n is the Jacobian of sample n's logits w.r.t. the parameters, p_n its softmax. Matrix-free: J v by
+    forward mode (jvp), the output Hessian applied per sample, then J^T by reverse mode (vjp), vmapped
+    over the vectors; with `data_chunk` the mean is accumulated chunk by chunk.
+    """
+    flat0 = flatten(params)
+    n = len(x)
+    data_chunk = data_chunk or n
+    out = []
+    for r in range(0, len(vectors), vec_chunk):
+        v = vectors[r:r + vec_chunk]
+        acc = torch.zeros_like(v)
+        for i in range(0, n, data_chunk):
+            xc = x[i:i + data_chunk]
+
+            def logits_at(flat: torch.Tensor, xc: torch.Tensor = xc) -> torch.Tensor:
+                return logits(model, unflatten(flat, params), frozen, xc)
+
+            z, pullback = torch.func.vjp(logits_at, flat0)
+            p = torch.softmax(z.detach(), dim=-1)                                         # [B, C]
+            ju = vmap(lambda vec: torch.func.jvp(logits_at, (flat0,), (vec,))[1])(v)      # J v: [R, B, C]
+            hu = p * ju - p * (p * ju).sum(-1, keepdim=True)                              # (diag(p) - p p^T) J v
+            acc += vmap(pullback)(hu)[0] * (1.0 / n)                                      # J^T (...): [R, P]
         out.append(acc)
     return torch.cat(out) if out else vectors.clone()

@@ -2,7 +2,8 @@
 
 Two solvers: the reference's FastIF LiSSA recursion (one pass over batches of 8 of the unshuffled
 training subset; with only ceil(N/8) steps it is nearly a scaled Grad-Dot), and conjugate gradient on
-the damped full training Hessian, a converged inverse to compare it against.
+the damped full training Hessian, a converged inverse to compare it against. Either may use the
+Gauss-Newton matrix instead of the Hessian (positive semi-definite, so damped CG converges).
 """
 from __future__ import annotations
 
@@ -15,16 +16,28 @@ from torch import nn
 
 from .base import Method, Scores, SeedData, option, register
 from .functional import Params, per_sample_grads
-from .hvp import batched_hvp
+from .hvp import batched_gnvp, batched_hvp
 
+HESSIANS = ("exact", "gauss-newton")
 LISSA_NOTE = ("LiSSA with one pass of T = ceil(N/batch) steps: s_test = h_T/scale stays close to "
               "(T+1) grad L_i / scale, so IF is nearly a scaled Grad-Dot")
+
+
+def curvature_product(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                      vectors: torch.Tensor, hessian: str = "exact", data_chunk: int | None = None,
+                      vec_chunk: int = 64) -> torch.Tensor:
+    """H v (hessian='exact', the Hessian of the mean loss) or G v ('gauss-newton') for vectors [R, P]."""
+    if hessian == "exact":
+        return batched_hvp(model, params, frozen, x, y, vectors, data_chunk, vec_chunk)
+    if hessian == "gauss-newton":
+        return batched_gnvp(model, params, frozen, x, vectors, data_chunk, vec_chunk)
+    raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
 
 
 def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                  x_test: torch.Tensor, y_test: torch.Tensor, damp: float, scale: float, batch_size: int = 8,
                  order: str = "auto", grad_chunk: int = 256, vec_chunk: int = 64,
-                 test_chunk: int = 256) -> tuple[torch.Tensor, str]:
+                 test_chunk: int = 256, hessian: str = "exact") -> tuple[torch.Tensor, str]:
     """IF by the FastIF LiSSA recursion, tau [N, M]; also returns the order used ('direct' or 'transposed').
 
     h_0 = v, h_t = v + A_t h_{t-1} with A_t = (1 - damp) I - H_t / scale, H_t the Hessian of the mean
@@ -32,7 +45,8 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
     s_test = h_T / scale. Thus h_T = B v, B = I + A_T + A_T A_{T-1} + ... + A_T...A_1, and since every A_t
     is symmetric g_j^T B g_i = (B^T g_j)^T g_i with B^T = I + A_T + A_{T-1} A_T + ... + A_1...A_T: the
     'transposed' order applies A_T, then A_{T-1}, ... to the N training gradients, accumulating the sum
-    (N*T Hessian-vector products instead of M*T). order='auto' picks the smaller side.
+    (N*T Hessian-vector products instead of M*T). order='auto' picks the smaller side. hessian='gauss-newton'
+    uses the batches' Gauss-Newton matrices for H_t.
     """
     n, m = len(y_train), len(y_test)
     if order == "auto":
@@ -43,7 +57,8 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
 
     def a_times(t: int, v: torch.Tensor) -> torch.Tensor:
         xb, yb = batches[t]
-        return (1 - damp) * v - batched_hvp(model, params, frozen, xb, yb, v, vec_chunk=vec_chunk) / scale
+        hv = curvature_product(model, params, frozen, xb, yb, v, hessian, vec_chunk=vec_chunk)
+        return (1 - damp) * v - hv / scale
 
     g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
     out = []
@@ -113,16 +128,19 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
 def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
               x_test: torch.Tensor, y_test: torch.Tensor, damping: float, tol: float = 1e-5, max_iter: int = 500,
               grad_chunk: int = 256, vec_chunk: int = 64, data_chunk: int | None = 256,
-              test_chunk: int = 256) -> tuple[torch.Tensor, dict]:
+              test_chunk: int = 256, hessian: str = "exact") -> tuple[torch.Tensor, dict]:
     """IF with s_test = (H + damping I)^-1 grad L_i by batched conjugate gradient, tau [N, M], and the solver's info.
 
-    H is the Hessian of the mean training loss over all N samples (no weight decay). The matrix is
-    symmetric, so the system is solved for whichever gradient set (N train or M test) is smaller.
+    H is the Hessian of the mean training loss over all N samples (no weight decay), or with
+    hessian='gauss-newton' its Gauss-Newton matrix G (positive semi-definite: G + damping I is positive
+    definite and CG converges). The matrix is symmetric, so the system is solved for whichever gradient
+    set (N train or M test) is smaller.
     """
     n, m = len(y_train), len(y_test)
 
     def matvec(v):
-        return batched_hvp(model, params, frozen, x_train, y_train, v, data_chunk, vec_chunk) + damping * v
+        hv = curvature_product(model, params, frozen, x_train, y_train, v, hessian, data_chunk, vec_chunk)
+        return hv + damping * v
 
     g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
     if n <= m:
@@ -154,10 +172,13 @@ class IF(Method):
     outputs = {"if": "IF"}
     script = "run_if.py"
     sign = -1
-    key_options = ("solver", "damping", "tol", "max_iter")
+    key_options = ("solver", "hessian", "damping", "tol", "max_iter")
 
     solver: str = option("lissa", "lissa: the reference's one-pass FastIF recursion (nearly a scaled Grad-Dot); "
                          "cg: conjugate gradient on the damped full training Hessian", choices=("lissa", "cg"))
+    hessian: str = option("exact", "the curvature: exact (the Hessian of the mean training loss; indefinite at a "
+                          "trained net, so CG need not converge) or gauss-newton (J^T H_out J, positive "
+                          "semi-definite: damped CG converges)", choices=HESSIANS)
     order: str = option("auto", "LiSSA: run the recursion on the test gradients (direct) or, equivalently, on "
                         "the training gradients (transposed); auto takes the smaller set",
                         choices=("auto", "direct", "transposed"))
@@ -167,10 +188,12 @@ class IF(Method):
     chunk: int = option(64, "Hessian-vector products computed at once", type=int)
 
     def key_settings(self, backend) -> dict:
+        # the exact Hessian is left unnamed, so scores computed before the option existed stay current
+        curvature = {} if self.hessian == "exact" else {"hessian": self.hessian}
         if self.solver == "lissa":  # the CG options do not change LiSSA's scores
-            return {"solver": "lissa"}
+            return {"solver": "lissa", **curvature}
         damping = backend.cfg.weight_decay if self.damping is None else self.damping
-        return {"solver": "cg", "damping": damping, "tol": self.tol, "max_iter": self.max_iter}
+        return {"solver": "cg", **curvature, "damping": damping, "tol": self.tol, "max_iter": self.max_iter}
 
     def settings(self, data: SeedData) -> dict:
         cfg = data.cfg
@@ -187,11 +210,12 @@ class IF(Method):
         for ck in data.each_checkpoint(f"if/{self.solver}"):
             if self.solver == "lissa":
                 tau, used = lissa_scores(*ck.tensors(), cfg.lissa_damp, cfg.lissa_scale, cfg.lissa_batch_size,
-                                         self.order, vec_chunk=self.chunk)
+                                         self.order, vec_chunk=self.chunk, hessian=self.hessian)
                 infos.append({"order": used})
             else:
                 damping = cfg.weight_decay if self.damping is None else self.damping
-                tau, info = cg_scores(*ck.tensors(), damping, self.tol, self.max_iter, vec_chunk=self.chunk)
+                tau, info = cg_scores(*ck.tensors(), damping, self.tol, self.max_iter, vec_chunk=self.chunk,
+                                      hessian=self.hessian)
                 infos.append(info)
             out.append(tau)
         if self.solver == "lissa":
@@ -207,4 +231,6 @@ class IF(Method):
         if settings.get("converged") is False:
             return (f" (CG did not reach tol {settings['tol']}: max relative residual "
                     f"{max(settings['max_rel_residual']):.2g})")
+        if settings.get("converged"):
+            return f" (CG converged: max relative residual {max(settings['max_rel_residual']):.2g})"
         return ""

@@ -1,0 +1,135 @@
+"""`python run_study.py [--quick]`: run the study's steps (entry scripts under its own root), then its tables,
+figures, the summary across its experiments and results/study/report.md."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import cli, provenance
+from ..config import TDAError, repo_root
+from ..results.outputs import Outputs, write_figure
+from ..results.summary import write_summary
+from . import analysis, figures, report
+from .plan import StudyPlan, cost_table, full_plan, quick_plan
+from .workspace import checkpoints_identical, prepare, run_step
+
+MANIFEST = ".study_manifest.json"
+
+
+def run_steps(plan: StudyPlan, log=print) -> pd.DataFrame:
+    """Prepare the root, then run every step in order (each skips finished work); their wall times."""
+    prepare(plan, log)
+    rows = []
+    steps = plan.steps()
+    bar = tqdm(steps, desc="study", unit="step")
+    for step in bar:
+        bar.set_postfix_str(step.what)
+        seconds = run_step(step, plan.out / "study.log")
+        rows.append({"step": step.what, "root": str(step.root), "script": step.script, "seconds": round(seconds, 1)})
+        tqdm.write(f"{step.what}: {seconds:.0f} s")
+    return pd.DataFrame(rows)
+
+
+def bitwise_table(plan: StudyPlan) -> pd.DataFrame:
+    """The `_batch` ensembles: whether their seeds' checkpoints are bitwise identical (one batch per epoch)."""
+    rows = []
+    for task in plan.tasks:
+        for n in plan.ns:
+            if n in plan.single_batch_ns(task) or n in plan.decomposition_ns:
+                e = plan.experiment(task, n, "batch")
+                try:
+                    rows.append({**checkpoints_identical(plan.root, e), "single_batch": n in plan.single_batch_ns(task)})
+                except TDAError:
+                    continue
+    return pd.DataFrame(rows)
+
+
+def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, log=print) -> Path:
+    """Every table with its figure, the summary across experiments, and report.md, into plan.out."""
+    loaded = analysis.load_all(plan)
+    fp = provenance.digest(sorted(str(p) for p in loaded.files)) if loaded.files else "none"
+    fp = [fp, [provenance.file_digest(p) for p in sorted(loaded.files)]]
+    out = Outputs(plan.out, MANIFEST, overwrite=True)
+    dec = analysis.decomposition_table(plan, loaded)
+    var = analysis.variants_table(plan, loaded)
+    prot = analysis.protocols_table(plan, loaded)
+    agree = analysis.agreement_table(plan, loaded)
+    cg = analysis.cg_table(plan)
+    bits = bitwise_table(plan)
+    for name, table in (("decomposition", dec), ("variants", var), ("protocols", prot), ("agreement", agree),
+                        ("cg", cg), ("bitwise", bits), ("timings", timings)):
+        out.write(f"{name}.csv", table.to_csv(index=False, float_format="%.6g"), fp)
+    if not dec.empty:
+        write_figure(out, "decomposition", figures.decomposition_figure(dec), fp)
+    var_dec = var[var.groupby(["task", "n"])["source"].transform("nunique") > 1] if not var.empty else var
+    if not var_dec.empty:
+        write_figure(out, "variants", figures.significance_figure(
+            var_dec, "method", "source", "Which source varies with the seed: mean p-value and significant pairs (K = 5)"), fp)
+    if not prot.empty:
+        write_figure(out, "protocols", figures.significance_figure(
+            prot, "arm", None, "Ground truths and IF solvers on the same ensembles (K = 5)"), fp)
+    if not agree.empty:
+        write_figure(out, "agreement", figures.agreement_figure(agree), fp)
+    experiments = [plan.experiment(t, n, s) for t in plan.tasks for n in plan.ns for s in plan.sources(n)]
+    have = [e for e in experiments if (plan.root / "results" / e / "significance.csv").exists()]
+    if have:
+        write_summary(have, plan.root, plan.out / "summary", log=lambda line: None)
+    big = StudyPlan(root=plan.root, out=plan.out, protocol_ns=(10, 20, 50), decomposition_ns=(20, 50), test_size=30)
+    grid = (f"the full grid ({' and '.join(big.tasks)} at 10, 20 and 50 per class, the decomposition at 20 and 50, "
+            f"every arm at every n, {big.n_seeds} seeds, {big.test_size} test samples)")
+    per_task = [(w.split(": ", 1)[1], c) for w, c in cost_table(big) if w.startswith(f"{big.tasks[0]}:")]
+    text = (report.header(plan, timings, total_s) + report.decomposition_section(plan, dec)
+            + report.bitwise_section(plan, bits) + report.variants_section(var)
+            + report.protocols_section(plan, prot, agree, cg) + report.agreement_section(agree)
+            + report.footer(plan, per_task, len(big.tasks), grid, loaded.missing))
+    path = out.write("report.md", text, fp)
+    log(f"wrote {len(out.written)} files to {plan.out}/ ({len(out.kept)} unchanged); report: {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the study (or only its analysis) and write results/study/report.md."""
+    p = cli.parser("The noise decomposition (init vs batch order), LOO protocols and IF solvers on the offline "
+                   "tasks, as one command; see docs/study.md.")
+    p.add_argument("--quick", action="store_true", help="digits3 only, 5 seeds, 9 test samples: a few minutes")
+    p.add_argument("--root", default=None, help="the study's own TDA_ROOT (default: <out>/work)")
+    p.add_argument("--out", default=None, help="where the report goes (default: results/study[/quick])")
+    p.add_argument("--workers", type=int, default=None, help="seeds in parallel per step (default: one per core)")
+    p.add_argument("--tasks", nargs="+", default=None, help="tasks (default: digits3 fmnist3; --quick: digits3)")
+    p.add_argument("--protocol_n", nargs="+", type=int, default=None, help="n per class where LOO protocols and IF "
+                   "solvers are compared (default: 10)")
+    p.add_argument("--decomposition_n", nargs="+", type=int, default=None,
+                   help="n per class of the noise decomposition (default: 20; add 50 if time allows)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per ensemble (default 10, --quick 5)")
+    p.add_argument("--test_size", type=int, default=None, help="test samples per task (default 30, --quick 9)")
+    p.add_argument("--analysis_only", action="store_true", help="only rewrite the tables, figures and report")
+    p.add_argument("--dry_run", action="store_true", help="print the steps and the estimated cost, run nothing")
+    args = p.parse_args(argv)
+    base = repo_root()
+    out = Path(args.out) if args.out else base / "results" / ("study/quick" if args.quick else "study")
+    root = Path(args.root) if args.root else out / "work"
+    plan = (quick_plan if args.quick else full_plan)(root, out, args.workers)
+    for name, value in (("tasks", args.tasks), ("protocol_ns", args.protocol_n), ("decomposition_ns", args.decomposition_n),
+                        ("n_seeds", args.seeds), ("test_size", args.test_size)):
+        if value is not None:
+            setattr(plan, name, tuple(value) if isinstance(value, list) else value)
+    if plan.n_seeds < 2 or plan.test_size < 1 or (args.workers is not None and args.workers < 1):
+        raise TDAError("--seeds must be >= 2, --test_size and --workers >= 1")
+    if args.dry_run:
+        for s in plan.steps():
+            print(f"TDA_ROOT={s.root} python {s.script} {' '.join(s.args)}")
+        for w, sec in cost_table(plan):
+            print(f"estimated {w}: {sec / 60:.1f} CPU-min")
+        return out / "report.md"
+    t0 = time.perf_counter()
+    timings = pd.DataFrame(columns=["step", "root", "script", "seconds"]) if args.analysis_only else run_steps(plan)
+    path = write_outputs(plan, timings, time.perf_counter() - t0)
+    print(f"study done in {(time.perf_counter() - t0) / 60:.1f} min: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    cli.run(main)
