@@ -127,7 +127,7 @@ class Backend(ABC):
         return {}
 
     def provenance(self) -> dict:
-        """What, besides the data, constants and seed, a checkpoint of this family depends on (a variant: its reference seed)."""
+        """What, besides the data, constants and seed, a checkpoint depends on (in a variant, also its reference seed)."""
         facts = {"family": type(self).__name__}
         return {**facts, "reference seed": self.reference_seed()} if self.cfg.variant else facts
 

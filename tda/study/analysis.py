@@ -66,6 +66,14 @@ def load_all(plan: StudyPlan) -> Loaded:
     return out
 
 
+def with_lissa_on_cg_seeds(methods: dict[str, MethodScores]) -> dict[str, MethodScores]:
+    """Add LiSSA restricted to the seeds CG has, when CG ran on fewer: the two solvers compared on equal footing."""
+    cg, lissa = methods.get(ARMS["if_cg_gn"][3]), methods.get("IF (LiSSA)")
+    if cg is not None and lissa is not None and len(cg.seeds) < len(lissa.seeds):
+        methods = {**methods, "IF (LiSSA), CG's seeds": on_seeds(lissa, shared_seeds([cg, lissa]))}
+    return methods
+
+
 def _per_seed(ms: MethodScores, k: int) -> np.ndarray:
     return stats.average_last_k(ms.scores, min(k, ms.scores.shape[1]))
 
@@ -103,10 +111,7 @@ def protocols_table(plan: StudyPlan, loaded: Loaded, k: int = K_DEFAULT) -> pd.D
     rows = []
     for (task, n), arms in loaded.arms.items():
         main = loaded.main.get((task, n, "both"), {})
-        cands = {lab: main[lab] for lab in ("LOO (scratch)", "IF (LiSSA)") if lab in main} | arms
-        cg = arms.get(ARMS["if_cg_gn"][3])
-        if cg is not None and "IF (LiSSA)" in main and len(cg.seeds) < len(main["IF (LiSSA)"].seeds):
-            cands["IF (LiSSA), CG's seeds"] = on_seeds(main["IF (LiSSA)"], shared_seeds([cg, main["IF (LiSSA)"]]))
+        cands = with_lissa_on_cg_seeds({lab: main[lab] for lab in ("LOO (scratch)", "IF (LiSSA)") if lab in main} | arms)
         for lab, ms in sorted(cands.items(), key=lambda kv: kv[0]):
             row = {"task": task, "n": n, "arm": lab, **significance(ms, k)}
             if lab.startswith("LOO"):
@@ -119,11 +124,8 @@ def agreement_table(plan: StudyPlan, loaded: Loaded, k: int = K_DEFAULT) -> pd.D
     """Per protocol setting: every method and solver against every LOO protocol (correlations of mu and p)."""
     frames = []
     for (task, n), arms in loaded.arms.items():
-        methods = {**loaded.main.get((task, n, "both"), {}), **arms}
+        methods = with_lissa_on_cg_seeds({**loaded.main.get((task, n, "both"), {}), **arms})
         refs = {lab: ms for lab, ms in methods.items() if lab.startswith("LOO")}
-        cg = arms.get(ARMS["if_cg_gn"][3])
-        if cg is not None and "IF (LiSSA)" in methods and len(cg.seeds) < len(methods["IF (LiSSA)"].seeds):
-            methods["IF (LiSSA), CG's seeds"] = on_seeds(methods["IF (LiSSA)"], shared_seeds([cg, methods["IF (LiSSA)"]]))
         signs = {lab: sign_of(lab) for lab in methods}
         f = agreement(methods, refs, k, signs)
         if len(f):
@@ -149,6 +151,6 @@ def cg_table(plan: StudyPlan) -> pd.DataFrame:
                              "damping": s.get("damping"), "tol": s.get("tol"),
                              "max_iterations": max(s.get("iterations", [0])),
                              "max_rel_residual": max(s.get("max_rel_residual", [float("nan")])),
-                             "converged": s.get("converged"), "negative_curvature": sum(s.get("negative_curvature", [0])),
-                             "seconds": s.get("seconds")})
+                             "converged": s.get("converged"),
+                             "negative_curvature": sum(s.get("negative_curvature", [0])), "seconds": s.get("seconds")})
     return pd.DataFrame(rows)

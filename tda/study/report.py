@@ -28,8 +28,9 @@ def header(plan: StudyPlan, timings: pd.DataFrame, total_s: float) -> str:
             f"Grid: tasks {', '.join(plan.tasks)}; protocols compared at {', '.join(map(str, plan.protocol_ns))} "
             f"per class, noise decomposed at {', '.join(map(str, plan.decomposition_ns))} per class; {seeds}; "
             f"{plan.test_size} test samples per task (`{plan.root}/data/<task>/test_subset.txt`); model "
-            f"`{plan.model}`; K = 5 checkpoints averaged per seed throughout. Wall time of this run: "
-            f"{total_s / 60:.1f} min ({len(timings)} steps, `timings.csv`; steps already done cost ~nothing).\n")
+            f"`{plan.model}`; K = 5 checkpoints averaged per seed throughout. Wall time: {total_s / 60:.1f} min, of "
+            f"which the {len(timings)} steps {timings['seconds'].sum() / 60:.1f} min (`timings.csv`; a step whose "
+            "outputs were already current costs next to nothing).\n")
 
 
 def decomposition_section(plan: StudyPlan, d: pd.DataFrame) -> str:
@@ -48,9 +49,11 @@ def decomposition_section(plan: StudyPlan, d: pd.DataFrame) -> str:
     )
     show.index = t["setting"] + " / " + t["method"]
     show.index.name = "setting / method"
-    mean = d.groupby("n")[["share_init", "share_batch", "share_interaction"]].mean()
-    lines = [f"at {n} per class, averaged over methods and tasks: initialisation {_pct(r.share_init)}, batch order "
-             f"{_pct(r.share_batch)}, interaction/remainder {_pct(r.share_interaction)}" for n, r in mean.iterrows()]
+    mean = d.groupby(["n", "method"], sort=False)[["share_init", "share_batch", "share_interaction"]].mean()
+    lines = [f"{m} {_pct(r.share_init)} / {_pct(r.share_batch)} / {_pct(r.share_interaction)}"
+             for (n, m), r in mean.iterrows()]
+    lines = [f"initialisation / batch order / interaction at {', '.join(map(str, sorted(set(d['n']))))} per class, "
+             f"averaged over {', '.join(dict.fromkeys(d['task']))}: " + ", ".join(lines)]
     e = plan.experiment(plan.tasks[0], plan.decomposition_ns[0], "init")
     return ("\n## 1. What the noise is made of\n\n"
             "Three ensembles of the same seeds: the paper's (seed k sets initialisation and batch order), `_init` "
@@ -126,13 +129,18 @@ def protocols_section(plan: StudyPlan, p: pd.DataFrame, agree: pd.DataFrame, cg:
                          f"{r.pearson_mu:+.3f}, Spearman {r.spearman_mu:+.3f}; of the per-pair p-values Pearson "
                          f"{r.pearson_p:+.3f}, Spearman {r.spearman_p:+.3f}.\n")
     if not cg.empty:
-        parts.append(f"\nCG on G + lambda I (Gauss-Newton, lambda = {cg['damping'].iloc[0]}, tol {cg['tol'].iloc[0]}): "
-                     f"converged on {int(cg['converged'].fillna(False).astype(bool).sum())} of {len(cg)} seeds, "
-                     f"at most {int(cg['max_iterations'].max())} iterations, largest final relative residual "
-                     f"{cg['max_rel_residual'].max():.2g}, {int(cg['negative_curvature'].sum())} right-hand sides "
-                     f"met negative curvature (`cg.csv`). Reproduce: `{_env(plan, plan.arm_root('if_cg_gn'))} python "
-                     f"run_if.py --experiment {plan.experiment(plan.tasks[0], plan.protocol_ns[0])} --seed_id all "
-                     "--solver cg --hessian gauss-newton`.\n")
+        per = "; ".join(f"{t} {n}pc: {len(g)} seeds, at most {int(g['max_iterations'].max())} iterations, true "
+                        f"relative residual at most {g['max_rel_residual'].max():.2g}, converged on "
+                        f"{int(g['converged'].fillna(False).astype(bool).sum())}"
+                        for (t, n), g in cg.groupby(["task", "n"], sort=False))
+        parts.append(f"\nCG on G + lambda I (Gauss-Newton, lambda = {cg['damping'].iloc[0]}, tol {cg['tol'].iloc[0]}, "
+                     f"float32): {per}; {int(cg['negative_curvature'].sum())} right-hand sides met negative curvature "
+                     "(`cg.csv`). CG stops when its recursively updated residual reaches tol; the residual stated is "
+                     "||b - (G + lambda I) x|| / ||b|| recomputed afterwards, which float32 rounding can leave somewhat "
+                     "above tol (a seed counts as converged only when it is below). Reproduce: "
+                     f"`{_env(plan, plan.arm_root('if_cg_gn'))} python run_if.py --experiment "
+                     f"{plan.experiment(plan.tasks[0], plan.protocol_ns[0])} --seed_id all --solver cg --hessian "
+                     "gauss-newton`.\n")
     return "".join(parts)
 
 

@@ -41,7 +41,8 @@ def bitwise_table(plan: StudyPlan) -> pd.DataFrame:
             if n in plan.single_batch_ns(task) or n in plan.decomposition_ns:
                 e = plan.experiment(task, n, "batch")
                 try:
-                    rows.append({**checkpoints_identical(plan.root, e), "single_batch": n in plan.single_batch_ns(task)})
+                    row = checkpoints_identical(plan.root, e)
+                    rows.append({**row, "single_batch": n in plan.single_batch_ns(task)})
                 except TDAError:
                     continue
     return pd.DataFrame(rows)
@@ -67,7 +68,8 @@ def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, log=pr
     var_dec = var[var.groupby(["task", "n"])["source"].transform("nunique") > 1] if not var.empty else var
     if not var_dec.empty:
         write_figure(out, "variants", figures.significance_figure(
-            var_dec, "method", "source", "Which source varies with the seed: mean p-value and significant pairs (K = 5)"), fp)
+            var_dec, "method", "source", "Which source varies with the seed: mean p-value and significant pairs "
+            "(K = 5)"), fp)
     if not prot.empty:
         write_figure(out, "protocols", figures.significance_figure(
             prot, "arm", None, "Ground truths and IF solvers on the same ensembles (K = 5)"), fp)
@@ -112,8 +114,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out) if args.out else base / "results" / ("study/quick" if args.quick else "study")
     root = Path(args.root) if args.root else out / "work"
     plan = (quick_plan if args.quick else full_plan)(root, out, args.workers)
-    for name, value in (("tasks", args.tasks), ("protocol_ns", args.protocol_n), ("decomposition_ns", args.decomposition_n),
-                        ("n_seeds", args.seeds), ("test_size", args.test_size)):
+    given = (("tasks", args.tasks), ("protocol_ns", args.protocol_n), ("decomposition_ns", args.decomposition_n),
+             ("n_seeds", args.seeds), ("test_size", args.test_size))
+    for name, value in given:
         if value is not None:
             setattr(plan, name, tuple(value) if isinstance(value, list) else value)
     if plan.n_seeds < 2 or plan.test_size < 1 or (args.workers is not None and args.workers < 1):
@@ -125,7 +128,12 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"estimated {w}: {sec / 60:.1f} CPU-min")
         return out / "report.md"
     t0 = time.perf_counter()
-    timings = pd.DataFrame(columns=["step", "root", "script", "seconds"]) if args.analysis_only else run_steps(plan)
+    if args.analysis_only:  # the steps' times of the run that computed them, if there was one
+        done = plan.out / "timings.csv"
+        timings = pd.read_csv(done) if done.exists() else pd.DataFrame(columns=["step", "root", "script", "seconds"])
+        t0 -= float(timings["seconds"].sum())
+    else:
+        timings = run_steps(plan)
     path = write_outputs(plan, timings, time.perf_counter() - t0)
     print(f"study done in {(time.perf_counter() - t0) / 60:.1f} min: {path}")
     return path

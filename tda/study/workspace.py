@@ -91,7 +91,7 @@ def entry_script(name: str) -> ModuleType:
 
 
 def run_step(step: Step, log_file: Path) -> float:
-    """Run one entry script's `main` under the step's root (as `TDA_ROOT`), its output into `log_file`; its wall time."""
+    """Run one entry script's `main` under the step's root (as `TDA_ROOT`), printing into `log_file`; its wall time."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("TDA_ROOT")
     os.environ["TDA_ROOT"] = str(step.root.resolve())  # worker processes inherit it
