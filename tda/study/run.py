@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the study (or only its analysis) and write results/study/report.md."""
     p = cli.parser("The noise decomposition (init vs batch order), LOO protocols and IF solvers on the offline "
                    "tasks, as one command; see docs/study.md.")
-    p.add_argument("--quick", action="store_true", help="digits3 only, 5 seeds, 9 test samples: a few minutes")
+    p.add_argument("--quick", action="store_true", help="digits3 only, 4 seeds, 6 test samples, decomposition at 14 per "
+                   "class: a smoke test in about 7 min")
     p.add_argument("--root", default=None, help="the study's own TDA_ROOT (default: <out>/work)")
     p.add_argument("--out", default=None, help="where the report goes (default: results/study[/quick])")
     p.add_argument("--workers", type=int, default=None, help="seeds in parallel per step (default: one per core)")
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> Path:
                    "solvers are compared (default: 10)")
     p.add_argument("--decomposition_n", nargs="+", type=int, default=None,
                    help="n per class of the noise decomposition (default: 20; add 50 if time allows)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per ensemble (default 10, --quick 5)")
-    p.add_argument("--test_size", type=int, default=None, help="test samples per task (default 30, --quick 9)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per ensemble (default 10, --quick 4)")
+    p.add_argument("--test_size", type=int, default=None, help="test samples per task (default 15, --quick 6)")
     p.add_argument("--analysis_only", action="store_true", help="only rewrite the tables, figures and report")
     p.add_argument("--dry_run", action="store_true", help="print the steps and the estimated cost, run nothing")
     args = p.parse_args(argv)
