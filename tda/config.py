@@ -16,7 +16,7 @@ DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 TASK_FILE = "task.json"  # data/<task>/task.json defines a task of the user's own (docs/pipeline.md#tasks)
 MODELS_FILE = "models.json"  # <root>/models.json registers model families of the user's own (docs/own_data.md)
 USER_NAME = re.compile(r"^[a-z0-9]+$")
-#: experiment-name suffixes that take one source of seed noise away (docs/statistics.md)
+#: experiment-name suffixes that take one source of seed noise away (docs/study.md)
 VARIANTS = {"init": "only the initialisation varies with the seed; every seed uses the first seed's batch order",
             "batch": "only the batch order varies with the seed; every seed starts from the first seed's init"}
 
