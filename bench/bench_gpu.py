@@ -17,40 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-import copy
-
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from loops import loop_loo  # noqa: E402
 from tda.backends import epoch_batches  # noqa: E402
 from tda.methods.ensemble import use_vmap  # noqa: E402
 from tda.methods.functional import split_params  # noqa: E402
 from tda.methods.loo import loo_continue  # noqa: E402
 from tda.methods.memory import budget_bytes  # noqa: E402
 from tda.models import CNN  # noqa: E402
-
-
-def plain_loo(model, x, y, xt, yt, batches, members, lr, weight_decay) -> torch.Tensor:
-    """The reference's LOO on `device`: one torch.optim.Adam retraining per removed sample, one after the other."""
-    with torch.no_grad():
-        base = F.cross_entropy(model(xt), yt, reduction="none")
-    out = []
-    for j in members:
-        m = copy.deepcopy(model)
-        opt = torch.optim.Adam(m.parameters(), lr=lr, weight_decay=weight_decay)
-        w = torch.ones(len(y), device=x.device)
-        w[j] = 0
-        for epoch in batches:
-            for idx in epoch:
-                idx = idx.to(x.device)
-                opt.zero_grad()
-                ((w[idx] * F.cross_entropy(m(x[idx]), y[idx], reduction="none")).sum() / len(idx)).backward()
-                opt.step()
-        with torch.no_grad():
-            out.append(F.cross_entropy(m(xt), yt, reduction="none") - base)
-    return torch.stack(out)
 
 
 def _sync(device: torch.device) -> None:
@@ -88,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     k = min(args.loop_members, n)
     _sync(device)
     t0 = time.perf_counter()
-    ref = plain_loo(model, x, y, xt, yt, batches, list(range(k)), 1e-3, 5e-3)
+    ref = loop_loo(model, x, y, xt, yt, batches, list(range(k)), 1e-3, 5e-3)
     _sync(device)
     loop = (time.perf_counter() - t0) * n / k
     err = float((tau[:k] - ref).abs().max() / ref.abs().max())

@@ -76,10 +76,11 @@ def loop_loo(model, x, y, xt, yt, batches, members, lr, weight_decay):
     for j in members:
         m = copy.deepcopy(model)
         opt = torch.optim.Adam(m.parameters(), lr=lr, weight_decay=weight_decay)
-        w = torch.ones(len(y))
+        w = torch.ones(len(y), device=x.device)
         w[j] = 0
         for ep in batches:
             for idx in ep:
+                idx = idx.to(x.device)
                 opt.zero_grad()
                 ((w[idx] * F.cross_entropy(m(x[idx]), y[idx], reduction="none")).sum() / len(idx)).backward()
                 opt.step()

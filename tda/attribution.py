@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import cli, io, provenance
 from .backends import Backend, get_backend
-from .config import ExperimentConfig, TDAError
+from .config import ExperimentConfig
 from .methods import Method, SeedData
 from .locking import claim, lock_path
 from .workers import raise_failed_rows, run_per_seed

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import torch

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from helpers import REPO, run_script
 from tda import data, io, training
 from tda.backends import CNNBackend, get_backend
-from tda.config import PAPER_SEEDS, TASKS, ExperimentConfig, TDAError, get_task, parse_experiment
+from tda.config import PAPER_SEEDS, ExperimentConfig, TDAError, get_task, parse_experiment
 from tda.models import CNN, CNN3L
 from tda.seeds import load_seeds, resolve_seed_ids
 

@@ -385,9 +385,10 @@ def test_vit_backend_hooks(exp, tiny, finetuned):
     assert [[t.tolist() for t in e] for e in cont] == want
 
 
-def _plain_loo(tiny, seed, x, y, xt, yt, remove, snapshots):
-    """Plain fine-tuning with sample `remove`'s loss zeroed (the batch mean still divides by the batch size)."""
-    model = plain_lora_vit(tiny, seed)
+def _plain_finetune(model, x, y, xt, yt, remove, snapshots):
+    """Plain fine-tuning from the generator's current state: a shuffled DataLoader per epoch, torch.optim.Adam with
+    the linear decay, LoRA dropout on, sample `remove`'s loss zeroed (the batch mean still divides by the batch
+    size); the test losses after each epoch in `snapshots`."""
     loader = DataLoader(TensorDataset(torch.arange(len(y))), batch_size=32, shuffle=True)
     epochs = [[b[0] for b in loader] for _ in range(EPOCHS)]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=5e-3)
@@ -410,6 +411,11 @@ def _plain_loo(tiny, seed, x, y, xt, yt, remove, snapshots):
             with torch.no_grad():
                 out.append(F.cross_entropy(model(pixel_values=xt).logits, yt, reduction="none"))
     return torch.stack(out)
+
+
+def _plain_loo(tiny, seed, x, y, xt, yt, remove, snapshots):
+    """The scratch protocol written out: the seed's init (manual_seed, build), then plain fine-tuning without `remove`."""
+    return _plain_finetune(plain_lora_vit(tiny, seed), x, y, xt, yt, remove, snapshots)
 
 
 def test_loo_scratch_script_equals_plain_retraining(exp, tiny, finetuned, capsys):
@@ -449,33 +455,15 @@ def test_tda_scripts_take_vit_experiments(exp, finetuned, name, methods):
 
 
 def _plain_continuation(tiny, seed, ckpt, x, y, xt, yt, remove):
-    """The paired protocol written out: the checkpoint's tensors, torch.manual_seed(seed), a shuffled DataLoader per
-    epoch, a fresh torch.optim.Adam with the linear decay, LoRA dropout on, sample `remove`'s loss zeroed."""
+    """The paired protocol written out: the checkpoint's tensors, torch.manual_seed(seed), then plain fine-tuning
+    for all epochs without `remove`; the test losses at the end."""
     model = plain_lora_vit(tiny, seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.requires_grad:
                 p.copy_(ckpt["state_dict"][n])
     torch.manual_seed(seed)
-    loader = DataLoader(TensorDataset(torch.arange(len(y))), batch_size=32, shuffle=True)
-    epochs = [[b[0] for b in loader] for _ in range(EPOCHS)]
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=5e-3)
-    total = sum(len(e) for e in epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total)
-    w = torch.ones(len(y))
-    if remove is not None:
-        w[remove] = 0
-    for batches in epochs:
-        for idx in batches:
-            model.train()
-            opt.zero_grad()
-            ((w[idx] * F.cross_entropy(model(pixel_values=x[idx]).logits, y[idx], reduction="none")).sum()
-             / len(idx)).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        return F.cross_entropy(model(pixel_values=xt).logits, yt, reduction="none")
+    return _plain_finetune(model, x, y, xt, yt, remove, [EPOCHS - 1])[0]
 
 
 def test_loo_paired_protocol_equals_plain_continuation(exp, tiny, finetuned, tmp_path, capsys):

@@ -8,7 +8,7 @@ from helpers import run_script, script
 from tda import io
 from tda.config import TDAError, get_task, parse_experiment
 from tda.data import generate_subsets
-from tda.seeds import load_seeds, write_random_seeds
+from tda.seeds import load_seeds
 from tda.workers import default_workers
 
 EXP = "cnn_digits3_2pc"

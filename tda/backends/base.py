@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, TDAError
 from ..seeds import load_seeds
 
 Batches = list[list[torch.Tensor]]
@@ -131,9 +131,19 @@ class Backend(ABC):
         facts = {"family": type(self).__name__}
         return {**facts, "reference seed": self.reference_seed()} if self.cfg.variant else facts
 
-    @abstractmethod
+    def describe(self) -> str:
+        """The model family in an error message."""
+        return f"the {self.cfg.model} model"
+
     def load_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Copy a checkpoint's tensors into a model of this family (a one-line TDAError when they do not fit)."""
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            cfg = self.cfg
+            raise TDAError(f"checkpoint of {cfg.name} does not fit {self.describe()} ({str(e).splitlines()[0]}): "
+                           f"retrain with `python {cfg.train_script} --experiment {cfg.name} --seed_id <id> "
+                           "--overwrite`")
 
     def load(self, ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
         """The model with a checkpoint's weights, in eval mode.

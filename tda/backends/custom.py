@@ -90,14 +90,8 @@ class CustomBackend(Backend):
         spec = self.cfg.spec
         return build_checked(self.fn, self.factory, spec.channels, spec.image_size, self.cfg.num_labels).train()
 
-    def load_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            cfg = self.cfg
-            raise TDAError(f"checkpoint of {cfg.name} does not fit the model of {self.factory} "
-                           f"({str(e).splitlines()[0]}): retrain with "
-                           f"`python {cfg.train_script} --experiment {cfg.name} --seed_id <id> --overwrite`")
+    def describe(self) -> str:
+        return f"the model of {self.factory}"
 
     def checkpoint_meta(self) -> dict:
         return {"model_factory": self.factory}

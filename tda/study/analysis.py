@@ -13,17 +13,18 @@ import pandas as pd
 
 from .. import io, stats
 from ..config import TDAError, parse_experiment
+from ..methods import outputs
 from ..results.inventory import MethodScores, take_inventory
 from .compare import agreement, on_seeds, shared_seeds, significance
 from .decompose import COMPONENTS, bootstrap_shares, decompose
-from .plan import ARMS, MAIN_LABELS, StudyPlan
+from .plan import ARMS, LABEL_OUTPUT, MAIN_LABELS, StudyPlan
 
 K_DEFAULT = 5
 
 
 def sign_of(label: str) -> int:
-    """+1 for methods whose positive score means "j helps i" (LOO, GD, GC), -1 for ATS and IF."""
-    return -1 if label.startswith(("ATS", "IF")) else 1
+    """+1 for methods whose positive score means "j helps i" (LOO, GD, GC), -1 for ATS and IF (the registry's sign)."""
+    return outputs()[LABEL_OUTPUT[label]].sign
 
 
 @dataclass

@@ -25,8 +25,8 @@ ARMS = {"loo_paper": ("run_loo.py", ("--protocol", "paper"), "loo", "LOO (paper)
         "if_cg_gn": ("run_if.py", ("--solver", "cg", "--hessian", "gauss-newton"), "if", "IF (CG, Gauss-Newton)")}
 #: labels of the main root's outputs in the study's tables
 MAIN_LABELS = {"loo": "LOO (scratch)", "ats": "ATS", "if": "IF (LiSSA)", "gd": "GD", "gc": "GC"}
-SIGNS = {"LOO (scratch)": 1, "LOO (paper)": 1, "LOO (paired)": 1, "ATS": -1, "IF (LiSSA)": -1,
-         "IF (CG, Gauss-Newton)": -1, "GD": 1, "GC": 1}
+#: every label in the study's tables -> the score output it shows (whose registered method gives its sign)
+LABEL_OUTPUT = {**{lab: out for out, lab in MAIN_LABELS.items()}, **{a[3]: a[2] for a in ARMS.values()}}
 VARIANT_SUFFIX = {"both": "", "init": "_init", "batch": "_batch"}
 
 
