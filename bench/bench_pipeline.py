@@ -2,6 +2,7 @@
 
     python bench/bench_pipeline.py                          # cnn_digits3_10pc, --workers default vs 1
     python bench/bench_pipeline.py --load                   # the same while a CPU-bound process runs beside it
+    python bench/bench_pipeline.py --load --no_single       # only the default configuration
     python bench/bench_pipeline.py --old ../old-checkout --old_python ../old-checkout/.venv/bin/python
                                                             # also time another checkout (e.g. an older main)
 
@@ -53,9 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--load", action="store_true", help="run a CPU-bound process beside the pipeline")
     p.add_argument("--old", type=Path, default=None, help="another checkout to time the same way")
     p.add_argument("--old_python", default=None, help="the interpreter for --old (default: this one)")
+    p.add_argument("--no_single", action="store_true",
+                   help="skip the --workers 1 configuration (under --load it can take many times longer)")
     args = p.parse_args(argv)
-    configs = [("this checkout, default workers", REPO, sys.executable, {}),
-               ("this checkout, --workers 1", REPO, sys.executable, {"TDA_WORKERS": "1"})]
+    configs = [("this checkout, default workers", REPO, sys.executable, {})]
+    if not args.no_single:
+        configs.append(("this checkout, --workers 1", REPO, sys.executable, {"TDA_WORKERS": "1"}))
     if args.old is not None:
         configs.append((f"{args.old}", args.old.resolve(), args.old_python or sys.executable, {}))
     hog = None
