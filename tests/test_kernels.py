@@ -1,4 +1,5 @@
-"""The CPU kernels of the paper's CNNs (tda.methods.cnn_kernels, cnn_ensemble) against autograd and the generic path.
+"""The CPU kernels of the paper's CNNs (cnn_kernels, cnn_ensemble, cnn_grads, cnn_hvp) against autograd and the
+generic path.
 
 float64 throughout, so differences measure the algorithms (summation order only), not float32 rounding.
 Inputs have large constant regions, as the digits' background has: max-pool windows then hold exact
@@ -11,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import autograd_grads, close
-from tda.methods import cnn_ensemble
+from helpers import autograd_grads, autograd_hvp, close
+from tda.methods import cnn_ensemble, cnn_hvp
 from tda.methods.ats import ats_scores
 from tda.methods import cnn_kernels as K
 from tda.methods.ensemble import member_losses, removal_weights, stack, train_ensemble
+from tda.methods.cnn_grads import FactoredGrads
 from tda.methods.functional import per_sample_losses, split_params
+from tda.methods.grads import Grads, sample_grads
+from tda.methods.hvp import batched_hvp
 from tda.methods.memory import activation_bytes, chunk_size, default_chunk, member_bytes
 from tda.models import CNN, CNN3L
 
@@ -147,6 +151,45 @@ def test_per_sample_grads_and_ats_equal_the_generic_path(arch, channels, size):
     generic = ats_scores(wrapped, *split_params(wrapped), x, y, xt, yt, 1e-2, 5e-3, vectorize=False)
     close(ats_scores(model, params, frozen, x, y, xt, yt, 1e-2, 5e-3, vectorize=False, member_chunk=2), generic)
     assert generic.abs().min() > 0
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_factored_grads_equal_materialised_autograd_grads(arch, channels, size):
+    model = _model(arch, channels, seed=5)
+    g = torch.Generator().manual_seed(6)
+    xa, ya = _images(5, channels, size, seed=6), torch.randint(0, 10, (5,), generator=g)
+    xb, yb = _images(7, channels, size, seed=7), torch.randint(0, 10, (7,), generator=g)
+    ga, gb = autograd_grads(model, xa, ya), autograd_grads(model, xb, yb)
+    params, frozen = split_params(model)
+    fa = sample_grads(model, params, frozen, xa, ya, chunk=2)
+    fb = sample_grads(model, params, frozen, xb, yb, chunk=3)
+    assert isinstance(fa, FactoredGrads) and isinstance(fb, FactoredGrads)
+    close(fa.dot(fb), ga @ gb.T, 1e-12)
+    close(fb.norms(), gb.norm(dim=1), 1e-12)
+    v = torch.randn(3, ga.shape[1], generator=g, dtype=DT)
+    close(fb.dot_vectors(v), v @ gb.T, 1e-12)
+    wrapped = Wrapped(model)  # the generic path materialises them
+    generic = sample_grads(wrapped, *split_params(wrapped), xb, yb)
+    assert isinstance(generic, Grads)
+    close(generic.dot_vectors(v), v @ gb.T, 1e-12)
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_hvp_equals_double_backward(arch, channels, size, monkeypatch):
+    model = _model(arch, channels, seed=3)
+    g = torch.Generator().manual_seed(4)
+    x, y = _images(6, channels, size, seed=4), torch.randint(0, 10, (6,), generator=g)
+    params, frozen = split_params(model)
+    v = torch.randn(3, sum(p.numel() for p in params.values()), generator=g, dtype=DT)
+    ref = torch.stack([autograd_hvp(model, x, y, vi) for vi in v])
+    calls = []
+    kernel = cnn_hvp.hvp
+    monkeypatch.setattr(cnn_hvp, "hvp", lambda *a: calls.append(1) or kernel(*a))
+    close(batched_hvp(model, params, frozen, x, y, v, data_chunk=4, vec_chunk=2), ref, 1e-12)
+    assert len(calls) == 4  # 2 vector chunks x 2 data chunks, through the kernel
+    wrapped = Wrapped(model)
+    close(batched_hvp(wrapped, *split_params(wrapped), x, y, v), ref, 1e-12)
+    assert len(calls) == 4
 
 
 def test_training_takes_the_kernel_path_for_cnns_only(monkeypatch):

@@ -131,10 +131,14 @@ def losses(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, y: to
 
 
 def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor,
-              g: dict[str, torch.Tensor], ws: Workspace, per_sample: bool = False) -> None:
+              g: dict[str, torch.Tensor], ws: Workspace, per_sample: bool = False,
+              fc_factors: list | None = None) -> None:
     """Gradient of one member's loss sum_b w_b CE_b (labels as one-hot rows) into the kernel-layout views `g`.
 
     per_sample: instead the gradient of every w_b CE_b on its own, into views with a leading sample dimension.
+    fc_factors (with per_sample): a list that receives, per linear layer, copies of its inputs [B, in] and of
+    the gradients at its outputs [B, out] (the factors of its per-sample gradients) instead of the
+    gradients themselves; `g` then needs only the convolutions' views.
     """
     b = len(onehot)
     pooled, saved = _conv_forward(spec, p, cols1, b, ws, save=True)
@@ -148,7 +152,9 @@ def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, on
     d = torch.softmax(z, 1).sub_(onehot).mul_(w.unsqueeze(1))
     for j in reversed(range(len(spec.fcs))):
         name, h_in = spec.fcs[j][0], fc_saved[j][0]
-        if per_sample:
+        if fc_factors is not None:
+            fc_factors.insert(0, (h_in.clone(), d.clone()))
+        elif per_sample:
             torch.mul(h_in.unsqueeze(2), d.unsqueeze(1), out=g[f"{name}.weight"])
             g[f"{name}.bias"].copy_(d)
         else:

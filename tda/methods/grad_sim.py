@@ -7,23 +7,24 @@ import torch
 from torch import nn
 
 from .base import Checkpoint, Method, Scores, option, register
-from .functional import Params, per_sample_grads
+from .functional import Params
+from .grads import sample_grads
 
 
 def grad_dot_and_cos(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                      x_test: torch.Tensor, y_test: torch.Tensor, grad_chunk: int = 256,
                      test_chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(GD, GC), each [N, M]: grad L_j . grad L_i over all trainable parameters, and its cosine."""
-    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
-    n_tr = g_tr.norm(dim=1)
+    g_tr = sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    n_tr = g_tr.norms()
     gd, gc = [], []
     # test gradients a chunk at a time: memory stays O((N + chunk) * P) however large M is
     for i in range(0, len(y_test), test_chunk):
-        g_te = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
-        d = g_tr @ g_te.T
+        g_te = sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
+        d = g_tr.dot(g_te)
         gd.append(d)
         tiny = torch.finfo(d.dtype).tiny
-        gc.append(d / (n_tr.unsqueeze(1) * g_te.norm(dim=1).unsqueeze(0)).clamp_min(tiny))
+        gc.append(d / (n_tr.unsqueeze(1) * g_te.norms().unsqueeze(0)).clamp_min(tiny))
     return torch.cat(gd, dim=1), torch.cat(gc, dim=1)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .base import Method, Scores, SeedData, option, register
 from .functional import Params, per_sample_grads
+from .grads import sample_grads
 from .hvp import batched_gnvp, batched_hvp
 
 HESSIANS = ("exact", "gauss-newton")
@@ -68,9 +69,8 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
             w = a_times(t, w)
             acc += w
         for i in range(0, m, test_chunk):
-            g_te = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
-                                    grad_chunk)
-            out.append(-(acc @ g_te.T) / scale)
+            g_te = sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
+            out.append(-g_te.dot_vectors(acc) / scale)
     else:
         for i in range(0, m, test_chunk):
             v = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
@@ -145,8 +145,8 @@ def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.T
     g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
     if n <= m:
         x, info = conjugate_gradient(matvec, g_tr, tol, max_iter)
-        out = [-(x @ per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
-                                      grad_chunk).T) for i in range(0, m, test_chunk)]
+        out = [-sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
+                             grad_chunk).dot_vectors(x) for i in range(0, m, test_chunk)]
         tau = torch.cat(out, dim=1)
         info["solved_for"] = "train"
     else:

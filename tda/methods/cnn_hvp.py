@@ -1,0 +1,117 @@
+"""Hessian-vector products of the paper's CNNs on the CPU, by hand: one shared forward and backward, R tangents batched.
+
+Forward-over-reverse (Pearlmutter's R-operator) written out for conv-GELU-maxpool blocks and
+linear-GELU layers, in the layout of `cnn_kernels`. The primal forward and backward run once for
+all R vectors; each layer's tangent work is a few large matrix products over all R at once. The
+max-pool's selection is fixed by the primal indices (autograd's derivative of max-pooling), GELU's
+second derivative is phi(z) (2 - z^2). Only the order of floating-point sums differs from
+`torch.func.jvp(grad(loss))`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import cnn_kernels as K
+from .cnn_layout import CNNSpec, ConvLayer
+
+
+def _gelu_d1(z: torch.Tensor) -> torch.Tensor:
+    """GELU'(z) = Phi(z) + z phi(z) (exact, erf form)."""
+    return torch.ops.aten.gelu_backward(torch.ones_like(z), z)
+
+
+def _gelu_d2(z: torch.Tensor) -> torch.Tensor:
+    """GELU''(z) = phi(z) (2 - z^2)."""
+    return torch.exp(-0.5 * z * z).mul_(1 / math.sqrt(2 * math.pi)).mul_(2 - z * z)
+
+
+def _im2col(a: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
+    """im2col of channels-last inputs [B, h, w, C] (zero padding added), pooled positions only."""
+    if layer.pad:
+        a = F.pad(a, (0, 0, layer.pad, layer.pad, layer.pad, layer.pad))
+    return K.im2col(a.contiguous(), layer)
+
+
+def _col2im(dcols: torch.Tensor, layer: ConvLayer, b: int) -> torch.Tensor:
+    """Adjoint of `_im2col`: [B, h, w, C] (padding cropped)."""
+    p = layer.pad
+    out = dcols.new_empty(b, layer.h + 2 * p, layer.w + 2 * p, layer.c_in)
+    return K._col2im(dcols, layer, out)
+
+
+def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """H v [R, P] for kernel-layout vectors v [R, P], H the Hessian of the mean cross-entropy on (x, y) at `flat`."""
+    b, r = len(y), len(vectors)
+    p, t = K.views(spec, flat), K.views(spec, vectors)
+    out = torch.empty_like(vectors)
+    g = K.views(spec, out)
+    ws: K.Workspace = {}
+    with torch.no_grad():
+        # primal forward (shared by all R tangents), then the tangents' forward layer by layer
+        pooled, saved = K._conv_forward(spec, p, K.first_cols(spec, x), b, ws, save=True)
+        convs = []  # per conv: (cols, tangent cols or None, idx [B, hp*wp, C], z_sel, tangent z_sel [R, B, hp*wp, C])
+        dcols = None
+        for li, (layer, (cols, z, _, idx, z_sel)) in enumerate(zip(spec.convs, saved)):
+            cols, idx, z_sel = cols.clone(), idx.view(b, -1, layer.c_out).clone(), z_sel.clone()
+            name = layer.name
+            dz = torch.matmul(cols, t[f"{name}.weight"]).add_(t[f"{name}.bias"].unsqueeze(1))  # [R, B*Q, C]
+            if dcols is not None:
+                dz += torch.mm(dcols, p[f"{name}.weight"]).view(r, -1, layer.c_out)
+            q = 4 * layer.hp * layer.wp
+            dz_sel = torch.gather(dz.view(r, b, q, -1), 2, idx.unsqueeze(0).expand(r, -1, -1, -1))
+            convs.append((cols, dcols, idx, z_sel, dz_sel))
+            da = dz_sel * _gelu_d1(z_sel)  # the pooled outputs' tangent [R, B, hp*wp, C]
+            if li + 1 < len(spec.convs):
+                dcols = _im2col(da.view(r * b, layer.hp, layer.wp, -1), spec.convs[li + 1])
+        h, dh = pooled.view(b, -1).clone(), da.reshape(r, b, -1)
+        fcs = []  # per linear layer: (input, its tangent, pre-activation, its tangent)
+        for j, (name, _, _) in enumerate(spec.fcs):
+            w_, b_ = p[f"{name}.weight"], p[f"{name}.bias"]
+            z = torch.addmm(b_, h, w_)
+            dz = torch.matmul(dh, w_).add_(torch.matmul(h, t[f"{name}.weight"])).add_(t[f"{name}.bias"].unsqueeze(1))
+            fcs.append((h, dh, z, dz))
+            if j + 1 < len(spec.fcs):
+                h, dh = F.gelu(z), dz * _gelu_d1(z)
+        # backward: primal d (gradient w.r.t. a layer's output) and its tangent dd, layer by layer
+        prob = torch.softmax(z, 1)
+        d = (prob - F.one_hot(y, prob.shape[1]).to(prob.dtype)) / b
+        dd = (prob * dz - prob * (prob * dz).sum(2, keepdim=True)) / b
+        for j in reversed(range(len(spec.fcs))):
+            name = spec.fcs[j][0]
+            h, dh, _, _ = fcs[j]
+            w_, tw = p[f"{name}.weight"], t[f"{name}.weight"]
+            g[f"{name}.weight"].copy_(torch.matmul(dh.transpose(1, 2), d).add_(torch.matmul(h.t(), dd)))
+            g[f"{name}.bias"].copy_(dd.sum(1))
+            d_in = d @ w_.t()
+            dd_in = torch.matmul(dd, w_.t()).add_(torch.matmul(d, tw.transpose(1, 2)))
+            if j > 0:
+                zp, dzp = fcs[j - 1][2], fcs[j - 1][3]
+                g1 = _gelu_d1(zp)
+                d, dd = d_in * g1, dd_in * g1 + d_in * _gelu_d2(zp) * dzp
+            else:
+                d, dd = d_in, dd_in
+        for li in reversed(range(len(spec.convs))):
+            layer, (cols, dcols_in, idx, z_sel, dz_sel) = spec.convs[li], convs[li]
+            name, hw, c, q = layer.name, layer.hp * layer.wp, layer.c_out, 4 * layer.hp * layer.wp
+            d, dd = d.reshape(b, hw, c), dd.reshape(r, b, hw, c)
+            g1 = _gelu_d1(z_sel)
+            gs = d * g1
+            dgs = dd * g1 + (d * _gelu_d2(z_sel)) * dz_sel
+            dz = torch.zeros(b, q, c, dtype=d.dtype).scatter_(1, idx, gs).view(b * q, c)
+            ddz = torch.zeros(r, b, q, c, dtype=d.dtype).scatter_(2, idx.unsqueeze(0).expand(r, -1, -1, -1), dgs)
+            ddz = ddz.view(r, b * q, c)
+            gw = torch.matmul(cols.t(), ddz)
+            if dcols_in is not None:
+                gw += torch.matmul(dcols_in.view(r, b * q, -1).transpose(1, 2), dz)
+            g[f"{name}.weight"].copy_(gw)
+            g[f"{name}.bias"].copy_(dgs.sum((1, 2)))
+            if li == 0:
+                break
+            w_, tw = p[f"{name}.weight"], t[f"{name}.weight"]
+            d = _col2im(dz @ w_.t(), layer, b)
+            ddc = torch.matmul(ddz, w_.t()).add_(torch.matmul(dz, tw.transpose(1, 2)))
+            dd = _col2im(ddc.view(r * b * q, -1), layer, r * b)
+    return out
