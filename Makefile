@@ -21,7 +21,7 @@ run: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash run_experiment.sh $(EXPERIMENT) $(ARGS)
 
 test: venv
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup tests
 
 study: venv
 	$(VENV)/bin/python run_study.py $(ARGS)

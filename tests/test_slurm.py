@@ -242,6 +242,7 @@ def local_csv(slurm, reduced_root, tmp_path_factory) -> bytes:
 SLURM = (EXP, "--launcher", "slurm", "--wait", "--poll", "1", "--cpus-per-task", "1")
 
 
+@pytest.mark.xdist_group("slurm")  # one cluster: its tests on one worker
 def test_a_refused_sbatch_takes_back_the_submission(slurm, reduced_root, tmp_path):
     root = _copy(reduced_root, tmp_path, "root")
     r = _launch(EXP, "--launcher", "slurm", "--mem", "pvalues=100000000", env=_env(slurm, root))
@@ -256,6 +257,7 @@ def _outputs(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for d in ("models", "tda_scores") for p in (root / d).rglob("*.pt")}
 
 
+@pytest.mark.xdist_group("slurm")  # one cluster: its tests on one worker
 def test_slurm_run_survives_a_scancel_and_matches_the_local_run(slurm, reduced_root, local_csv, tmp_path):
     """Submit with --wait, scancel the first LOO task mid-run, submit again: only that task and the results
     steps run the second time, and the p-value table is byte for byte the local run's."""
