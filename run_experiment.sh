@@ -47,31 +47,6 @@ if [[ ! $EXP =~ ^([a-z0-9]+)_([a-z0-9]+)_([0-9]+)pc(_[a-z]+)?$ ]]; then
     echo "error: bad experiment name '$EXP': expected <model>_<task>_<n>pc, e.g. cnn_digits3_10pc" >&2
     exit 2
 fi
-model=${BASH_REMATCH[1]}
-task=${BASH_REMATCH[2]}
-n=${BASH_REMATCH[3]}
-train=run_cnn_training.py
-if [[ $model == vit ]]; then
-    train=run_vit_finetuning.py
-fi
-
-step() {  # step NAME SCRIPT ARGS...: run one script, report its wall time
-    local name=$1 t0=$SECONDS
-    shift
-    echo "== $name: $PY $*"
-    "$PY" "$@"
-    echo "   $name done in $((SECONDS - t0)) s"
-}
-
-step subsets run_subset_generation.py --task "$task" --num_per_class "$n"
-step training "$train" --experiment "$EXP" --seed_id all "$@"
-step LOO run_loo.py --experiment "$EXP" --seed_id all
-step ATS run_ats.py --experiment "$EXP" --seed_id all
-step IF run_if.py --experiment "$EXP" --seed_id all
-step "GD and GC" run_gd_and_gc.py --experiment "$EXP" --seed_id all
-step p-values run_pvalues.py --experiment "$EXP"
-step correlations run_correlations.py --experiment "$EXP"
-
-echo
-echo "== summary of $EXP (pipeline wall time $SECONDS s)"
-"$PY" -m tda.results.report --experiment "$EXP"
+# the steps (subsets, training, LOO, ATS, IF, GD and GC, p-values, correlations), then the summary,
+# each step's entry script called in one interpreter (tda/pipeline.py)
+exec "$PY" -m tda.pipeline "$EXP" "$@"

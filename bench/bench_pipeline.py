@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -31,19 +32,20 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_pipeline(checkout: Path, python: str, experiment: str, env: dict) -> tuple[float, float]:
-    """(wall s, CPU s) of one complete pipeline run of `checkout` in a fresh TDA_ROOT."""
+def run_pipeline(checkout: Path, python: str, experiment: str, env: dict) -> tuple[float, float, dict]:
+    """(wall s, CPU s, wall s of each step) of one complete pipeline run of `checkout` in a fresh TDA_ROOT."""
     root = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         shutil.copy(checkout / "random_seeds.pt", root / "random_seeds.pt")
         full = dict(os.environ, TDA_ROOT=str(root), PYTHON=python, **env)
         cpu0, t0 = _children_cpu(), time.perf_counter()
         r = subprocess.run(["bash", str(checkout / "run_experiment.sh"), experiment], cwd=root, env=full,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
         if r.returncode != 0:
             sys.exit(f"error: the pipeline of {checkout} failed: {r.stderr.strip().splitlines()[-1:]}")
-        return wall, cpu
+        steps = {m[1]: int(m[2]) for m in re.finditer(r"^ {3}(.+) done in (\d+) s$", r.stdout, re.M)}
+        return wall, cpu, steps
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     figures = {}
     try:
         for name, checkout, python, env in configs:
-            wall, cpu = run_pipeline(checkout, python, args.experiment, env)
-            figures[name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
-            print(f"{name:40s} wall {wall:7.1f} s   CPU {cpu:7.1f} s", flush=True)
+            wall, cpu, steps = run_pipeline(checkout, python, args.experiment, env)
+            figures[name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps_s": steps}
+            print(f"{name:40s} wall {wall:7.1f} s   CPU {cpu:7.1f} s   steps (wall s): "
+                  + ", ".join(f"{k} {v}" for k, v in steps.items()), flush=True)
     finally:
         if hog is not None:
             hog.kill()

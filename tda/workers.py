@@ -8,13 +8,14 @@ others finish; the caller then raises one error naming the failed seeds.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -83,25 +84,59 @@ def run_jobs(fn: Callable, jobs: list[tuple[str, tuple]], workers: int, device: 
                 if len(jobs) > 1:  # a single job's error is raised by the caller instead
                     _report(out[-1])
         return out
+    desc = f"{desc} ({min(workers, len(jobs))} workers)"
+    if _SHARED is not None:  # keep the workers for the next step
+        key = (workers, device.type)
+        if key not in _SHARED or getattr(_SHARED[key], "_broken", False):
+            _SHARED[key] = _new_pool(workers, device)
+        return _collect(_SHARED[key], fn, jobs, desc, progress)
+    with _new_pool(min(workers, len(jobs)), device) as pool:
+        return _collect(pool, fn, jobs, desc, progress)
+
+
+def _new_pool(workers: int, device: torch.device) -> ProcessPoolExecutor:
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-    slots = ctx.Value("i", 0)
     n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(device.type, n_gpus, ctx.Value("i", 0)))
+
+
+def _collect(pool: ProcessPoolExecutor, fn: Callable, jobs: list[tuple[str, tuple]], desc: str,
+             progress: bool) -> list[Outcome]:
     results: list[Outcome | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(device.type, n_gpus, slots)) as pool:
-        futures = {pool.submit(_call, fn, args): k for k, (_, args) in enumerate(jobs)}
-        bar = tqdm(total=len(jobs), desc=f"{desc} ({min(workers, len(jobs))} workers)", unit="seed",
-                   disable=not progress)
-        for fut in as_completed(futures):
-            k = futures[fut]
-            o = fut.result()
-            o.label = jobs[k][0]
-            results[k] = o
-            if o.error is not None:
-                _report(o, bar)
-            bar.update(1)
-        bar.close()
+    futures = {pool.submit(_call, fn, args): k for k, (_, args) in enumerate(jobs)}
+    bar = tqdm(total=len(jobs), desc=desc, unit="seed", disable=not progress)
+    for fut in as_completed(futures):
+        k = futures[fut]
+        o = fut.result()
+        o.label = jobs[k][0]
+        results[k] = o
+        if o.error is not None:
+            _report(o, bar)
+        bar.update(1)
+    bar.close()
     return results  # type: ignore[return-value]
+
+
+_SHARED: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_workers() -> Iterator[None]:
+    """Within this block, steps that run seeds in worker processes keep their workers for the next step.
+
+    For a pipeline run in one interpreter (`tda.pipeline`): starting a worker costs an `import torch`
+    and the method's warm-up, seconds per step. Outside such a block every call starts its own workers,
+    so they always see the caller's current environment.
+    """
+    global _SHARED
+    _SHARED = {}
+    try:
+        yield
+    finally:
+        pools, _SHARED = _SHARED, None
+        for pool in pools.values():
+            pool.shutdown()
 
 
 def _report(o: Outcome, bar=None) -> None:

@@ -1,6 +1,8 @@
 """Seeds in parallel worker processes: same outputs as one process, failures isolated, one-line errors."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from tda import io
 from tda.config import TDAError, get_task, parse_experiment
 from tda.data import generate_subsets
 from tda.seeds import load_seeds
-from tda.workers import default_workers
+from tda.workers import default_workers, run_jobs, shared_workers
 
 EXP = "cnn_digits3_2pc"
 
@@ -36,7 +38,6 @@ def one_thread():
 
 def test_default_workers(monkeypatch):
     monkeypatch.delenv("TDA_WORKERS", raising=False)
-    import os
     assert default_workers(torch.device("cpu")) == len(os.sched_getaffinity(0))
     monkeypatch.setenv("TDA_WORKERS", "3")
     assert default_workers(torch.device("cpu")) == 3
@@ -78,3 +79,16 @@ def test_a_failing_seed_does_not_stop_the_others(root):
     assert f"seed {bad}: failed: corrupt checkpoint" in r.stdout
     r = run_script("run_ats.py", "--experiment", EXP, "--seed_id", "all", "--workers", "0", root=root)
     assert r.returncode == 2 and "--workers must be >= 1" in r.stderr
+
+
+def test_shared_workers_keep_their_processes_between_steps():
+    jobs = [(f"job {k}", ()) for k in range(4)]
+    cpu = torch.device("cpu")
+
+    def pids():
+        return {o.value for o in run_jobs(os.getpid, jobs, 2, cpu, "pids", progress=False)}
+
+    with shared_workers():
+        first, second = pids(), pids()
+    assert first == second and len(first) <= 2 and os.getpid() not in first
+    assert not pids() & first  # outside the block every call starts its own
