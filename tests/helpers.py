@@ -72,12 +72,10 @@ def make_tiny_root(root: Path, seeds=(446, 724, 571), n_per_class: int = 2, test
 
 
 def pipeline(experiment: str) -> list[list[str]]:
-    """The steps of run_experiment.sh for a CNN experiment, as (script, arguments...) lists."""
-    task, n = experiment.split("_")[1], experiment.split("_")[2].removesuffix("pc")
-    seeds = ["--experiment", experiment, "--seed_id", "all"]
-    return [["run_subset_generation.py", "--task", task, "--num_per_class", n], ["run_cnn_training.py", *seeds],
-            ["run_loo.py", *seeds], ["run_ats.py", *seeds], ["run_if.py", *seeds], ["run_gd_and_gc.py", *seeds],
-            ["run_pvalues.py", "--experiment", experiment], ["run_correlations.py", "--experiment", experiment]]
+    """The steps of run_experiment.sh (tda.pipeline) for a CNN experiment, as (script, arguments...) lists."""
+    from tda.config import parse_experiment
+    from tda.pipeline import steps
+    return [[script, *args] for _, script, args in steps(parse_experiment(experiment), [])]
 
 
 def artefacts(root: Path) -> dict[str, bytes]:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from helpers import run_script, script
+from helpers import REPO, artefacts, make_tiny_root, pipeline, run_script, script
 from tda import io
 from tda.config import TDAError, get_task, parse_experiment
 from tda.data import generate_subsets
@@ -92,3 +94,21 @@ def test_shared_workers_keep_their_processes_between_steps():
         first, second = pids(), pids()
     assert first == second and len(first) <= 2 and os.getpid() not in first
     assert not pids() & first  # outside the block every call starts its own
+
+
+def test_pipeline_in_one_interpreter_equals_the_scripts_one_by_one(tmp_path):
+    """run_experiment.sh's path (one interpreter, two workers kept across steps) against each script alone."""
+    env = {"OMP_NUM_THREADS": "1"}
+    one, alone = make_tiny_root(tmp_path / "one"), make_tiny_root(tmp_path / "alone")
+    r = subprocess.run([sys.executable, "-m", "tda.pipeline", EXP], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, TDA_ROOT=str(one), TDA_WORKERS="2", **env), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    heads = [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("== ")]
+    assert heads[:-1] == ["== subsets", "== training", "== LOO", "== ATS", "== IF", "== GD and GC", "== p-values",
+                          "== correlations"] and heads[-1].startswith(f"== summary of {EXP}")
+    assert "(2 workers)" in r.stderr
+    for step in pipeline(EXP):
+        done = run_script(*step, root=alone, env={"TDA_WORKERS": "1", **env})
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = artefacts(one), artefacts(alone)
+    assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
