@@ -35,7 +35,8 @@ def steps(cfg: ExperimentConfig, training_args: list[str]) -> list[tuple[str, st
             ("correlations", "run_correlations.py", exp)]
 
 
-def _entry(script: str) -> ModuleType:
+def entry_script(script: str) -> ModuleType:
+    """An entry script of the repository (e.g. 'run_loo.py') loaded as a module, to call its `main(argv)`."""
     spec = importlib.util.spec_from_file_location(f"tda_step_{Path(script).stem}", REPO / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== {name}: python {script} {' '.join(args)}", flush=True)
             t0 = time.perf_counter()
             sys.argv = [script, *args]  # argparse names the script in its messages
-            _entry(script).main(args)
+            entry_script(script).main(args)
             print(f"   {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\n== summary of {cfg.name} (pipeline wall time {time.perf_counter() - t_start:.0f} s)", flush=True)
     report.main(["--experiment", cfg.name])

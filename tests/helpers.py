@@ -1,7 +1,6 @@
 """Helpers shared by the tests: entry-script loading and running, tolerances, and plain autograd references."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,10 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def script(name: str):
     """An entry script (e.g. 'run_loo') imported as a module, so its `main(argv)` can be called in-process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / f"{name.removesuffix('.py')}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tda.pipeline import entry_script
+    return entry_script(f"{name.removesuffix('.py')}.py")
 
 
 def run_script(name: str, *args: str, root: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

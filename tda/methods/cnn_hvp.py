@@ -52,7 +52,7 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
     with torch.no_grad():
         # primal forward (shared by all R tangents), then the tangents' forward layer by layer
         pooled, saved = K._conv_forward(spec, p, K.first_cols(spec, x), b, ws, save=True)
-        convs = []  # per conv: (cols, tangent cols or None, idx [B, hp*wp, C], z_sel, tangent z_sel [R, B, hp*wp, C])
+        convs = []  # per conv: (cols, tangent cols or None, idx [B, hp*wp, C], z_sel, GELU'(z_sel), tangent z_sel)
         dcols = None
         for li, (layer, (cols, z, _, idx, z_sel)) in enumerate(zip(spec.convs, saved)):
             cols, idx, z_sel = cols.clone(), idx.view(b, -1, layer.c_out).clone(), z_sel.clone()
@@ -62,42 +62,42 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
                 dz += torch.mm(dcols, p[f"{name}.weight"]).view(r, -1, layer.c_out)
             q = 4 * layer.hp * layer.wp
             dz_sel = torch.gather(dz.view(r, b, q, -1), 2, idx.unsqueeze(0).expand(r, -1, -1, -1))
-            convs.append((cols, dcols, idx, z_sel, dz_sel))
-            da = dz_sel * _gelu_d1(z_sel)  # the pooled outputs' tangent [R, B, hp*wp, C]
+            g1 = _gelu_d1(z_sel)
+            convs.append((cols, dcols, idx, z_sel, g1, dz_sel))
+            da = dz_sel * g1  # the pooled outputs' tangent [R, B, hp*wp, C]
             if li + 1 < len(spec.convs):
                 dcols = _im2col(da.view(r * b, layer.hp, layer.wp, -1), spec.convs[li + 1])
         h, dh = pooled.view(b, -1).clone(), da.reshape(r, b, -1)
-        fcs = []  # per linear layer: (input, its tangent, pre-activation, its tangent)
+        fcs = []  # per linear layer: (input, its tangent, pre-activation, its tangent, GELU'(pre-activation))
         for j, (name, _, _) in enumerate(spec.fcs):
             w_, b_ = p[f"{name}.weight"], p[f"{name}.bias"]
             z = torch.addmm(b_, h, w_)
             dz = torch.matmul(dh, w_).add_(torch.matmul(h, t[f"{name}.weight"])).add_(t[f"{name}.bias"].unsqueeze(1))
-            fcs.append((h, dh, z, dz))
-            if j + 1 < len(spec.fcs):
-                h, dh = F.gelu(z), dz * _gelu_d1(z)
+            g1 = _gelu_d1(z) if j + 1 < len(spec.fcs) else None
+            fcs.append((h, dh, z, dz, g1))
+            if g1 is not None:
+                h, dh = F.gelu(z), dz * g1
         # backward: primal d (gradient w.r.t. a layer's output) and its tangent dd, layer by layer
         prob = torch.softmax(z, 1)
         d = (prob - F.one_hot(y, prob.shape[1]).to(prob.dtype)) / b
         dd = (prob * dz - prob * (prob * dz).sum(2, keepdim=True)) / b
         for j in reversed(range(len(spec.fcs))):
             name = spec.fcs[j][0]
-            h, dh, _, _ = fcs[j]
+            h, dh = fcs[j][:2]
             w_, tw = p[f"{name}.weight"], t[f"{name}.weight"]
             g[f"{name}.weight"].copy_(torch.matmul(dh.transpose(1, 2), d).add_(torch.matmul(h.t(), dd)))
             g[f"{name}.bias"].copy_(dd.sum(1))
             d_in = d @ w_.t()
             dd_in = torch.matmul(dd, w_.t()).add_(torch.matmul(d, tw.transpose(1, 2)))
             if j > 0:
-                zp, dzp = fcs[j - 1][2], fcs[j - 1][3]
-                g1 = _gelu_d1(zp)
+                _, _, zp, dzp, g1 = fcs[j - 1]
                 d, dd = d_in * g1, dd_in * g1 + d_in * _gelu_d2(zp) * dzp
             else:
                 d, dd = d_in, dd_in
         for li in reversed(range(len(spec.convs))):
-            layer, (cols, dcols_in, idx, z_sel, dz_sel) = spec.convs[li], convs[li]
+            layer, (cols, dcols_in, idx, z_sel, g1, dz_sel) = spec.convs[li], convs[li]
             name, hw, c, q = layer.name, layer.hp * layer.wp, layer.c_out, 4 * layer.hp * layer.wp
             d, dd = d.reshape(b, hw, c), dd.reshape(r, b, hw, c)
-            g1 = _gelu_d1(z_sel)
             gs = d * g1
             dgs = dd * g1 + (d * _gelu_d2(z_sel)) * dz_sel
             dz = torch.zeros(b, q, c, dtype=d.dtype).scatter_(1, idx, gs).view(b * q, c)
