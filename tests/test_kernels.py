@@ -3,7 +3,8 @@ generic path.
 
 float64 throughout, so differences measure the algorithms (summation order only), not float32 rounding.
 Inputs have large constant regions, as the digits' background has: max-pool windows then hold exact
-ties, which the kernels must break as torch's max_pool2d does (the first maximum).
+ties, which the kernels must break as torch's max_pool2d does (the first maximum). Every test runs
+twice: with the C kernels of the GELU + pool blocks and with torch's ops alone (no C compiler).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import autograd_grads, autograd_hvp, close
-from tda.methods import cnn_ensemble, cnn_hvp
+from tda.methods import cnn_ensemble, cnn_hvp, native
 from tda.methods.ats import ats_scores
 from tda.methods import cnn_kernels as K
 from tda.methods.ensemble import member_losses, removal_weights, stack, train_ensemble
@@ -27,6 +28,15 @@ from tda.models import CNN, CNN3L
 DT = torch.float64
 ARCHS = [(CNN, 1, 28), (CNN3L, 1, 28), (CNN, 3, 32), (CNN3L, 3, 32)]
 IDS = ["cnn", "cnn3l", "cnn_rgb", "cnn3l_rgb"]
+
+
+@pytest.fixture(autouse=True, params=["c_kernels", "torch_ops"])
+def block_ops(request, monkeypatch):
+    """The GELU + pool blocks through the C kernels, then through torch's ops (as where no compiler is found)."""
+    monkeypatch.setenv("TDA_C_KERNELS", "1" if request.param == "c_kernels" else "0")
+    if request.param == "c_kernels" and native.library() is None:
+        pytest.skip("no C compiler: the C kernels are not built here")
+    return request.param
 
 
 def _images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:

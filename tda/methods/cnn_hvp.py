@@ -51,11 +51,11 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
     ws: K.Workspace = {}
     with torch.no_grad():
         # primal forward (shared by all R tangents), then the tangents' forward layer by layer
-        pooled, saved = K._conv_forward(spec, p, K.first_cols(spec, x), b, ws, save=True)
+        pooled, saved = K._conv_forward(spec, p, K.first_cols(spec, x), b, ws, save=True, keep_cols=True)
         convs = []  # per conv: (cols, tangent cols or None, idx [B, hp*wp, C], z_sel, GELU'(z_sel), tangent z_sel)
         dcols = None
-        for li, (layer, (cols, z, _, idx, z_sel)) in enumerate(zip(spec.convs, saved)):
-            cols, idx, z_sel = cols.clone(), idx.view(b, -1, layer.c_out).clone(), z_sel.clone()
+        for li, (layer, blk) in enumerate(zip(spec.convs, saved)):
+            cols, idx, z_sel = blk.cols.clone(), blk.idx.view(b, -1, layer.c_out).long(), blk.z_sel.clone()
             name = layer.name
             dz = torch.matmul(cols, t[f"{name}.weight"]).add_(t[f"{name}.bias"].unsqueeze(1))  # [R, B*Q, C]
             if dcols is not None:

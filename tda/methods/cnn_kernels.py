@@ -12,9 +12,12 @@ entries of a pooling window tie up to rounding, that can hand the window's gradi
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .cnn_layout import CNNSpec, ConvLayer, cnn_spec, from_kernel, to_kernel, views  # noqa: F401 - the kernels' API
 
 Workspace = dict
@@ -90,31 +93,115 @@ def _offsets(ws: Workspace, li: int, b: int, positions: int, pooled: int, c: int
     return ws[key]
 
 
+class Block(NamedTuple):
+    """What a conv-GELU-pool block's backward needs: its im2col (None for a block computed directly from its
+    input x, whose backward forms it), pre-activations z (the buffer then takes dz; None where z was never
+    written), the pool's winners (grid positions [B, hp, wp, C]), z there [B, hp*wp, C], and GELU' there
+    (C kernels) or GELU's outputs on the whole grid (torch's ops)."""
+
+    cols: torch.Tensor | None
+    z: torch.Tensor | None
+    idx: torch.Tensor
+    z_sel: torch.Tensor
+    d_sel: torch.Tensor | None  # GELU'(z_sel) (C kernels)
+    a: torch.Tensor | None  # GELU(z) on the whole grid (torch's ops)
+    x: torch.Tensor | None = None  # the block's channels-last input, padding included (direct blocks)
+
+
+def _gelu_pool(ws: Workspace, li: int, z: torch.Tensor, b: int, layer: ConvLayer,
+               save: bool) -> tuple[torch.Tensor, Block | None]:
+    """maxpool2(GELU(z)) [B, hp, wp, C] of a block's pre-activations, and (save) what its backward needs."""
+    hp, wp, c = layer.hp, layer.wp, layer.c_out
+    pooled = _buf(ws, f"p{li}", (b, hp, wp, c), z)
+    if native.applies(z.dtype, c):
+        idx = _buf(ws, f"i{li}", (b, hp, wp, c), torch.empty(0, dtype=torch.int32))
+        z_sel, d_sel = (_buf(ws, f"{t}{li}", (b, hp * wp, c), z) for t in ("s", "ds")) if save else (None, None)
+        native.gelu_pool(z, b, hp, wp, pooled, idx, z_sel, d_sel)
+        return pooled, Block(None, z, idx, z_sel, d_sel, None) if save else None
+    a = _gelu(z, _buf(ws, f"a{li}", tuple(z.shape), z))
+    idx = _buf(ws, f"i{li}", (b, hp, wp, c), torch.empty(0, dtype=torch.long))
+    torch.ops.aten.max_pool2d_with_indices.out(_nchw(a, b, 2 * hp, 2 * wp), *_POOL,
+                                               out=_nchw(pooled, b, hp, wp), indices=_nchw(idx, b, hp, wp))
+    if not save:
+        return pooled, None
+    # z at the selected positions (for GELU's derivative there): flat offsets b*4hp*wp*C + idx*C + c
+    flat = torch.add(_offsets(ws, li, b, 4 * hp * wp, hp * wp, c), idx.view(b, -1, c), alpha=c,
+                     out=_buf(ws, f"o{li}", (b, hp * wp, c), idx))
+    z_sel = torch.index_select(z.view(-1), 0, flat.view(-1), out=_buf(ws, f"s{li}", (b * hp * wp * c,), z))
+    return pooled, Block(None, z, idx, z_sel.view(b, hp * wp, c), None, a)
+
+
+def _conv_gelu_pool(ws: Workspace, cols: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, b: int,
+                    layer: ConvLayer, save: bool) -> tuple[torch.Tensor, Block | None]:
+    """The first block fused (C kernels): `_gelu_pool` of bias + cols w without writing z (Block.z is None)."""
+    hp, wp, c = layer.hp, layer.wp, layer.c_out
+    pooled = _buf(ws, "p0", (b, hp, wp, c), cols)
+    idx = _buf(ws, "i0", (b, hp, wp, c), torch.empty(0, dtype=torch.int32))
+    z_sel, d_sel = (_buf(ws, f"{t}0", (b, hp * wp, c), cols) for t in ("s", "ds")) if save else (None, None)
+    native.conv_gelu_pool(cols, w, bias, b, hp, wp, pooled, idx, z_sel, d_sel)
+    return pooled, Block(cols, None, idx, z_sel, d_sel, None) if save else None
+
+
+def _direct(ws: Workspace, li: int, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, b: int,
+            layer: ConvLayer, save: bool) -> tuple[torch.Tensor, Block | None]:
+    """A later block straight from its channels-last input (C kernels): no im2col, no z."""
+    hp, wp, c = layer.hp, layer.wp, layer.c_out
+    pooled = _buf(ws, f"p{li}", (b, hp, wp, c), x)
+    if not save:
+        native.conv_direct_gelu_pool(x, w, bias, layer.k, hp, wp, pooled)
+        return pooled, None
+    idx = _buf(ws, f"i{li}", (b, hp, wp, c), torch.empty(0, dtype=torch.int32))
+    z_sel, d_sel = (_buf(ws, f"{t}{li}", (b, hp * wp, c), x) for t in ("s", "ds"))
+    native.conv_direct_gelu_pool(x, w, bias, layer.k, hp, wp, pooled, idx, z_sel, d_sel)
+    return pooled, Block(None, None, idx, z_sel, d_sel, None, x)
+
+
+def _gelu_pool_backward(ws: Workspace, li: int, d: torch.Tensor, blk: Block, b: int,
+                        layer: ConvLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gs, dz): the gradient at the selected pre-activations [B, hp*wp, C] and on the whole grid (in z's buffer)."""
+    hp, wp, c = layer.hp, layer.wp, layer.c_out
+    gs = _buf(ws, f"gs{li}", (b, hp * wp, c), d)
+    # z itself is no longer needed: its buffer takes the gradient
+    dz = blk.z if blk.z is not None else _buf(ws, f"z{li}", (b * 4 * hp * wp, c), d)
+    if blk.d_sel is not None:
+        native.gelu_pool_backward(d.reshape(b, hp * wp, c), blk.idx, blk.d_sel, b, hp, wp, gs, dz)
+        return gs, dz
+    torch.ops.aten.gelu_backward.grad_input(d.reshape(b, hp * wp, c), blk.z_sel,
+                                            approximate="none", grad_input=gs)
+    torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+        _nchw(gs, b, hp, wp), _nchw(blk.a, b, 2 * hp, 2 * wp), *_POOL, _nchw(blk.idx, b, hp, wp),
+        grad_input=_nchw(dz, b, 2 * hp, 2 * wp))
+    return gs, dz
+
+
+def _cols(ws: Workspace, li: int, x: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
+    return im2col(x, layer, _buf(ws, f"c{li}", (len(x) * 4 * layer.hp * layer.wp, layer.k * layer.k * layer.c_in), x))
+
+
 def _conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, b: int, ws: Workspace,
-                  save: bool) -> tuple[torch.Tensor, list]:
-    """Every conv-GELU-pool block; returns the pooled channels-last output [B, hp * wp * C] and what backward needs."""
-    saved, cols = [], cols1
+                  save: bool, keep_cols: bool = False) -> tuple[torch.Tensor, list[Block]]:
+    """Every conv-GELU-pool block; returns the pooled channels-last output [B, hp * wp * C] and what backward needs.
+
+    keep_cols: every saved block holds its im2col (no block is computed directly from its input)."""
+    saved, cols, x = [], cols1, None
     for li, layer in enumerate(spec.convs):
-        hp, wp, c = layer.hp, layer.wp, layer.c_out
-        z = torch.addmm(p[f"{layer.name}.bias"], cols, p[f"{layer.name}.weight"],
-                        out=_buf(ws, f"z{li}", (b * 4 * hp * wp, c), cols))
-        a = _gelu(z, _buf(ws, f"a{li}", tuple(z.shape), z))
-        pooled = _buf(ws, f"p{li}", (b, hp, wp, c), z)
-        idx = _buf(ws, f"i{li}", (b, hp, wp, c), torch.empty(0, dtype=torch.long))
-        torch.ops.aten.max_pool2d_with_indices.out(_nchw(a, b, 2 * hp, 2 * wp), *_POOL,
-                                                   out=_nchw(pooled, b, hp, wp), indices=_nchw(idx, b, hp, wp))
+        w, bias = p[f"{layer.name}.weight"], p[f"{layer.name}.bias"]
+        if li == 0 and native.fuses(cols.dtype, cols.shape[1], layer.c_out):
+            pooled, blk = _conv_gelu_pool(ws, cols, w, bias, b, layer, save)
+        elif li > 0 and not keep_cols and native.applies(x.dtype, layer.c_out):
+            pooled, blk = _direct(ws, li, x, w, bias, b, layer, save)
+        else:
+            cols = cols if li == 0 else _cols(ws, li, x, layer)
+            z = torch.addmm(bias, cols, w, out=_buf(ws, f"z{li}", (b * 4 * layer.hp * layer.wp, layer.c_out), cols))
+            pooled, blk = _gelu_pool(ws, li, z, b, layer, save)
+            blk = blk._replace(cols=cols) if save else None
         if save:
-            # z at the selected positions (for GELU's derivative there): flat offsets b*4hp*wp*C + idx*C + c
-            flat = torch.add(_offsets(ws, li, b, 4 * hp * wp, hp * wp, c), idx.view(b, -1, c), alpha=c,
-                             out=_buf(ws, f"o{li}", (b, hp * wp, c), idx))
-            z_sel = torch.index_select(z.view(-1), 0, flat.view(-1), out=_buf(ws, f"s{li}", (b * hp * wp * c,), z))
-            saved.append((cols, z, a, idx, z_sel.view(b, hp * wp, c)))
+            saved.append(blk)
         if li + 1 < len(spec.convs):
-            nxt, a_in = spec.convs[li + 1], pooled
+            nxt, x = spec.convs[li + 1], pooled
             if nxt.pad:
-                a_in = _padded(ws, f"x{li + 1}", b, nxt, z)
-                _interior(a_in, nxt).copy_(pooled)
-            cols = im2col(a_in, nxt, _buf(ws, f"c{li + 1}", (b * 4 * nxt.hp * nxt.wp, nxt.k * nxt.k * nxt.c_in), z))
+                x = _padded(ws, f"x{li + 1}", b, nxt, pooled)
+                _interior(x, nxt).copy_(pooled)
     return pooled.view(b, -1), saved
 
 
@@ -163,14 +250,16 @@ def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, on
         dh = torch.mm(d, p[f"{name}.weight"].t(), out=_buf(ws, f"d{j}", (b, h_in.shape[1]), d))
         d = torch.ops.aten.gelu_backward(dh, fc_saved[j - 1][1]) if j > 0 else dh
     for li in reversed(range(len(spec.convs))):
-        layer, (cols, z, a, idx, z_sel) = spec.convs[li], saved[li]
-        hp, wp, c = layer.hp, layer.wp, layer.c_out
-        gs = torch.ops.aten.gelu_backward.grad_input(d.reshape(b, hp * wp, c), z_sel, approximate="none",
-                                                     grad_input=_buf(ws, f"gs{li}", (b, hp * wp, c), d))
-        dz = z  # z itself is no longer needed: its buffer takes the gradient
-        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-            _nchw(gs, b, hp, wp), _nchw(a, b, 2 * hp, 2 * wp), *_POOL, _nchw(idx, b, hp, wp),
-            grad_input=_nchw(dz, b, 2 * hp, 2 * wp))
+        layer, blk = spec.convs[li], saved[li]
+        cols, c = blk.cols if blk.x is None else _cols(ws, li, blk.x, layer), layer.c_out
+        if li == 0 and blk.z is None:  # the fused first block: its weight gradient from the winners' im2col rows
+            gs = _buf(ws, "gs0", (b, layer.hp * layer.wp, c), d)
+            native.conv_gelu_pool_backward(cols, d.reshape(b, -1, c).contiguous(), blk.idx, blk.d_sel, b, layer.hp,
+                                           layer.wp, gs, g[f"{layer.name}.weight"])
+            torch.sum(gs, 1, out=g[f"{layer.name}.bias"]) if per_sample else torch.sum(
+                gs.view(-1, c), 0, out=g[f"{layer.name}.bias"])
+            break
+        gs, dz = _gelu_pool_backward(ws, li, d, blk, b, layer)
         if per_sample:
             g[f"{layer.name}.weight"].copy_(torch.bmm(cols.view(b, -1, cols.shape[1]).transpose(1, 2),
                                                       dz.view(b, -1, c)))

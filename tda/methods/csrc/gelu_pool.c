@@ -1,0 +1,424 @@
+/* GELU then 2x2 max-pooling of channels-last pre-activations, and its backward: the elementwise
+ * part of the paper's conv-GELU-maxpool blocks, in one pass over memory instead of torch's four
+ * (GELU, pooling with indices, a gather of the selected pre-activations, GELU's derivative there).
+ *
+ * Layout. z is a conv's output on the 2hp x 2wp grid of positions that floor pooling keeps,
+ * channels-last: z[b][Y][X][c], Y < 2hp, X < 2wp. The pool window (py, px) is Y = 2py + dy,
+ * X = 2px + dx, scanned (0,0), (0,1), (1,0), (1,1) like torch's max_pool2d: the first maximum of
+ * GELU's values wins, NaN wins. idx holds the winner's grid position Y * 2wp + X (torch's indices).
+ *
+ * GELU is the exact (erf) GELU. double: libm's erf, as accurate as torch's. float: 8 lanes at once
+ * with the formula torch's own vectorised CPU GELU uses (Abramowitz-Stegun 7.1.26 for erf, absolute
+ * error below 1.5e-7) and a Cody-Waite exp; values agree with torch's float GELU to a few units in
+ * the last place. Built by tda/methods/native.py: gcc -O3 -march=native -shared.
+ */
+#include <math.h>
+#include <stdint.h>
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+static inline v8i splati(int32_t x) { return (v8i){x, x, x, x, x, x, x, x}; }
+static inline v8f vload(const float *p) { v8f v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, v8f v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline void vstorei(int32_t *p, v8i v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline v8i vloadi(const int32_t *p) { v8i v; __builtin_memcpy(&v, p, sizeof v); return v; }
+/* lanes of a where m is all ones, else of b */
+static inline v8f vsel(v8i m, v8f a, v8f b) { return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
+static inline v8i vseli(v8i m, v8i a, v8i b) { return (a & m) | (b & ~m); }
+
+/* e^x for x in [-87, 0] (callers pass -z^2/2): Cody-Waite reduction, cephes' expf polynomial. */
+static inline v8f vexp_neg(v8f x) {
+    x = vsel(x < splat(-87.0f), splat(-87.0f), x);
+    v8f n = x * splat(1.44269504088896341f) + splat(12582912.0f);  /* round to nearest via 1.5 * 2^23 */
+    n = n - splat(12582912.0f);
+    v8f r = x - n * splat(0.693359375f);
+    r = r - n * splat(-2.12194440e-4f);
+    v8f p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3333451907e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * (r * r) + r + splat(1.0f);
+    v8i e = (__builtin_convertvector(n, v8i) + splati(127)) << 23;
+    return p * (v8f)e;
+}
+
+/* GELU(z) and GELU'(z) = Phi(z) + z phi(z), 8 lanes. */
+static inline void vgelu(v8f z, v8f *g, v8f *dg) {
+    v8f x = z * splat(0.70710678118654752f);
+    v8i neg = x < splat(0.0f);
+    v8f ax = vsel(neg, -x, x);
+    v8f t = splat(1.0f) / (splat(0.3275911f) * ax + splat(1.0f));
+    v8f r = splat(1.061405429f);
+    r = r * t + splat(-1.453152027f);
+    r = r * t + splat(1.421413741f);
+    r = r * t + splat(-0.284496736f);
+    r = r * t + splat(0.254829592f);
+    v8f e = vexp_neg(-(x * x));  /* e^(-z^2/2) */
+    v8f erf_abs = splat(1.0f) - r * t * e;
+    v8f cdf = splat(0.5f) * (splat(1.0f) + vsel(neg, -erf_abs, erf_abs));
+    *g = z * cdf;
+    *dg = cdf + z * e * splat(0.39894228040143268f);
+}
+
+static inline void gelu64(double z, double *g, double *dg) {
+    double cdf = 0.5 * (1.0 + erf(z * 0.70710678118654752));
+    *g = z * cdf;
+    *dg = cdf + z * exp(-0.5 * z * z) * 0.39894228040143268;
+}
+
+/* pooled[b,py,px,c] = max over the window of GELU(z); idx = the winner's grid position; zsel = its z;
+ * dsel (if not NULL) = GELU'(zsel).
+ *
+ * GELU falls on (-inf, c0] and rises on [c0, inf) (c0 = -0.7518), so its maximum over a window is at the
+ * window's largest or smallest z: two GELUs per window instead of four, which are most of the cost.
+ * The largest and smallest z are the first of equals in scan order, and of the two the one with the larger
+ * GELU wins, the earlier on a tie: torch's winner, unless two GELU values of a window differ only by
+ * rounding. */
+#define SCAN(ZQ, Q)                                                         \
+    do {                                                                       \
+        v8i up = ((ZQ) > zmax) | ((ZQ) != (ZQ)), dn = (ZQ) < zmin;             \
+        zmax = vsel(up, ZQ, zmax);                                             \
+        imax = vseli(up, splati(pos[Q]), imax);                                \
+        zmin = vsel(dn, ZQ, zmin);                                             \
+        imin = vseli(dn, splati(pos[Q]), imin);                                \
+    } while (0)
+
+void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_t C, float *pooled, int32_t *idx,
+                   float *zsel, float *dsel) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                const float *zb = z + b * 4 * hp * wp * C;
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c += 8) {
+                    v8f zmax = vload(zb + pos[0] * C + c), zmin = zmax;
+                    v8i imax = splati(pos[0]), imin = imax;
+                    for (int q = 1; q < 4; q++) {
+                        v8f zq = vload(zb + pos[q] * C + c);
+                        SCAN(zq, q);
+                    }
+                    v8f gmax, dmax, gmin, dmin;
+                    vgelu(zmax, &gmax, &dmax);
+                    vgelu(zmin, &gmin, &dmin);
+                    v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
+                    vstore(pooled + o + c, vsel(m, gmin, gmax));
+                    vstorei(idx + o + c, vseli(m, imin, imax));
+                    if (zsel) vstore(zsel + o + c, vsel(m, zmin, zmax));
+                    if (dsel) vstore(dsel + o + c, vsel(m, dmin, dmax));
+                }
+            }
+}
+
+void gelu_pool_f64(const double *z, int64_t batch, int64_t hp, int64_t wp, int64_t C, double *pooled, int32_t *idx,
+                   double *zsel, double *dsel) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                const double *zb = z + b * 4 * hp * wp * C;
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    double zmax = zb[pos[0] * C + c], zmin = zmax, gmax, dmax, gmin, dmin;
+                    int32_t imax = pos[0], imin = pos[0];
+                    for (int q = 1; q < 4; q++) {
+                        double zq = zb[pos[q] * C + c];
+                        if (zq > zmax || isnan(zq)) { zmax = zq; imax = pos[q]; }
+                        if (zq < zmin) { zmin = zq; imin = pos[q]; }
+                    }
+                    gelu64(zmax, &gmax, &dmax);
+                    gelu64(zmin, &gmin, &dmin);
+                    int m = gmin > gmax || (gmin == gmax && imin < imax);
+                    pooled[o + c] = m ? gmin : gmax;
+                    idx[o + c] = m ? imin : imax;
+                    if (zsel) zsel[o + c] = m ? zmin : zmax;
+                    if (dsel) dsel[o + c] = m ? dmin : dmax;
+                }
+            }
+}
+
+/* Backward of gelu_pool given the gradient d at the pooled outputs: gs = d * dsel (the gradient at
+ * the selected pre-activations, [B, hp, wp, C]) and dz on the whole grid (gs at each window's winner,
+ * 0 elsewhere; every entry written). */
+void gelu_pool_backward_f32(const float *d, const int32_t *idx, const float *dsel, int64_t batch, int64_t hp,
+                            int64_t wp, int64_t C, float *gs, float *dz) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                float *db = dz + b * 4 * hp * wp * C;
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c += 8) {
+                    v8f g = vload(d + o + c) * vload(dsel + o + c);
+                    v8i i = vloadi(idx + o + c);
+                    vstore(gs + o + c, g);
+                    for (int q = 0; q < 4; q++)
+                        vstore(db + pos[q] * C + c, vsel(i == splati(pos[q]), g, splat(0.0f)));
+                }
+            }
+}
+
+void gelu_pool_backward_f64(const double *d, const int32_t *idx, const double *dsel, int64_t batch, int64_t hp,
+                            int64_t wp, int64_t C, double *gs, double *dz) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                double *db = dz + b * 4 * hp * wp * C;
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    double g = d[o + c] * dsel[o + c];
+                    gs[o + c] = g;
+                    for (int q = 0; q < 4; q++) db[pos[q] * C + c] = idx[o + c] == pos[q] ? g : 0.0;
+                }
+            }
+}
+
+/* The first conv fused with gelu_pool, for inputs with few channels (im2col rows of few taps): z = bias +
+ * cols W is formed in registers, window by window, and never written. cols [B * 2hp * 2wp, K] (the rows of
+ * the pooled grid, as gelu_pool's z), W [K, C], sums in tap order t = 0..K-1. */
+void conv_gelu_pool_f32(const float *cols, const float *W, const float *bias, int64_t batch, int64_t hp, int64_t wp,
+                        int64_t K, int64_t C, float *pooled, int32_t *idx, float *zsel, float *dsel) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                const float *r[4];
+                for (int q = 0; q < 4; q++) r[q] = cols + (b * 4 * hp * wp + pos[q]) * K;
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c += 8) {
+                    v8f acc[4], w = vload(bias + c);
+                    for (int q = 0; q < 4; q++) acc[q] = w;
+                    for (int64_t t = 0; t < K; t++) {
+                        w = vload(W + t * C + c);
+                        for (int q = 0; q < 4; q++) acc[q] += splat(r[q][t]) * w;
+                    }
+                    v8f zmax = acc[0], zmin = acc[0];
+                    v8i imax = splati(pos[0]), imin = imax;
+                    for (int q = 1; q < 4; q++) SCAN(acc[q], q);
+                    v8f gmax, dmax, gmin, dmin;
+                    vgelu(zmax, &gmax, &dmax);
+                    vgelu(zmin, &gmin, &dmin);
+                    v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
+                    vstore(pooled + o + c, vsel(m, gmin, gmax));
+                    vstorei(idx + o + c, vseli(m, imin, imax));
+                    if (zsel) vstore(zsel + o + c, vsel(m, zmin, zmax));
+                    if (dsel) vstore(dsel + o + c, vsel(m, dmin, dmax));
+                }
+            }
+}
+
+void conv_gelu_pool_f64(const double *cols, const double *W, const double *bias, int64_t batch, int64_t hp,
+                        int64_t wp, int64_t K, int64_t C, double *pooled, int32_t *idx, double *zsel, double *dsel) {
+    const int64_t w2 = 2 * wp;
+    double z[4];
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    for (int q = 0; q < 4; q++) {
+                        const double *r = cols + (b * 4 * hp * wp + pos[q]) * K;
+                        z[q] = bias[c];
+                        for (int64_t t = 0; t < K; t++) z[q] += r[t] * W[t * C + c];
+                    }
+                    double zmax = z[0], zmin = z[0], gmax, dmax, gmin, dmin;
+                    int32_t imax = pos[0], imin = pos[0];
+                    for (int q = 1; q < 4; q++) {
+                        if (z[q] > zmax || isnan(z[q])) { zmax = z[q]; imax = pos[q]; }
+                        if (z[q] < zmin) { zmin = z[q]; imin = pos[q]; }
+                    }
+                    gelu64(zmax, &gmax, &dmax);
+                    gelu64(zmin, &gmin, &dmin);
+                    int m = gmin > gmax || (gmin == gmax && imin < imax);
+                    pooled[o + c] = m ? gmin : gmax;
+                    idx[o + c] = m ? imin : imax;
+                    if (zsel) zsel[o + c] = m ? zmin : zmax;
+                    if (dsel) dsel[o + c] = m ? dmin : dmax;
+                }
+            }
+}
+
+/* Backward of conv_gelu_pool for the gradient d at the pooled outputs: gs = d * dsel [B, hp, wp, C], and the
+ * weight gradient dW[t][c] = sum over windows of cols[winner row][t] * gs, into dW [K, C] (dw_stride 0), or
+ * per sample into dW + b * dw_stride (dw_stride > 0). dW is overwritten. */
+void conv_gelu_pool_backward_f32(const float *cols, const float *d, const int32_t *idx, const float *dsel,
+                                 int64_t batch, int64_t hp, int64_t wp, int64_t K, int64_t C, float *gs, float *dW,
+                                 int64_t dw_stride) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++) {
+        float *dw = dW + b * dw_stride;
+        if (b == 0 || dw_stride)
+            for (int64_t i = 0; i < K * C; i++) dw[i] = 0.0f;
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                const float *r[4];
+                for (int q = 0; q < 4; q++) r[q] = cols + (b * 4 * hp * wp + pos[q]) * K;
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c += 8) {
+                    v8f g = vload(d + o + c) * vload(dsel + o + c), m[4];
+                    v8i i = vloadi(idx + o + c);
+                    vstore(gs + o + c, g);
+                    for (int q = 0; q < 4; q++) m[q] = vsel(i == splati(pos[q]), g, splat(0.0f));
+                    for (int64_t t = 0; t < K; t++) {
+                        v8f acc = vload(dw + t * C + c);
+                        for (int q = 0; q < 4; q++) acc += splat(r[q][t]) * m[q];
+                        vstore(dw + t * C + c, acc);
+                    }
+                }
+            }
+    }
+}
+
+void conv_gelu_pool_backward_f64(const double *cols, const double *d, const int32_t *idx, const double *dsel,
+                                 int64_t batch, int64_t hp, int64_t wp, int64_t K, int64_t C, double *gs,
+                                 double *dW, int64_t dw_stride) {
+    const int64_t w2 = 2 * wp;
+    for (int64_t b = 0; b < batch; b++) {
+        double *dw = dW + b * dw_stride;
+        if (b == 0 || dw_stride)
+            for (int64_t i = 0; i < K * C; i++) dw[i] = 0.0;
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int64_t o = ((b * hp + py) * wp + px) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    double g = d[o + c] * dsel[o + c];
+                    const double *r = cols + (b * 4 * hp * wp + idx[o + c]) * K;
+                    gs[o + c] = g;
+                    for (int64_t t = 0; t < K; t++) dw[t * C + c] += r[t] * g;
+                }
+            }
+    }
+}
+
+/* A conv-GELU-pool block computed directly from its channels-last input x [B, H, W, cin] (padding already in
+ * x), no im2col and no z in memory: per pool window and block of output channels, the window's four
+ * pre-activations stay in registers over all k*k*cin taps (tap order (ky, kx, ci), weights
+ * Wt [k*k*cin, cout] as the kernel layout), then gelu_pool's selection. The outputs are as gelu_pool's
+ * (idx, zsel, dsel optional). */
+/* One pool window, output channels c0 .. c0 + 8 NB: the four positions' pre-activations in 4 NB registers. */
+static inline __attribute__((always_inline)) void direct_window(
+        const int NB, const float *xb, const float *Wt, const float *bias, int64_t Wd, int64_t cin, int64_t k,
+        int64_t cout, int64_t py, int64_t px, int64_t wp, int64_t c0, int64_t o, float *pooled, int32_t *idx,
+        float *zsel, float *dsel) {
+    v8f acc[3][4];
+    for (int h = 0; h < NB; h++)
+        for (int q = 0; q < 4; q++) acc[h][q] = vload(bias + c0 + 8 * h);
+    for (int64_t ky = 0; ky < k; ky++)
+        for (int64_t kx = 0; kx < k; kx++) {
+            const float *x0 = xb + ((2 * py + ky) * Wd + 2 * px + kx) * cin, *x2 = x0 + Wd * cin;
+            const float *w = Wt + (ky * k + kx) * cin * cout + c0;
+            for (int64_t ci = 0; ci < cin; ci++, w += cout) {
+                v8f wv[3];
+                for (int h = 0; h < NB; h++) {
+                    wv[h] = vload(w + 8 * h);
+#if defined(__x86_64__) || defined(__i386__)
+                    /* keep the weights in registers: folded into each FMA they would be loaded four times,
+                     * and loads, not FMAs, would bound the loop */
+                    __asm__("" : "+x"(wv[h]));
+#endif
+                }
+                const float *xq[4] = {x0 + ci, x0 + ci + cin, x2 + ci, x2 + ci + cin};
+                for (int q = 0; q < 4; q++) {  /* one broadcast live at a time: 12 accumulators + 3 weights fit */
+                    const v8f sq = splat(*xq[q]);
+                    for (int h = 0; h < NB; h++) acc[h][q] += sq * wv[h];
+                }
+            }
+        }
+    const int64_t w2 = 2 * wp;
+    const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+    const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+    for (int h = 0; h < NB; h++) {
+        v8f zmax = acc[h][0], zmin = acc[h][0];
+        v8i imax = splati(pos[0]), imin = imax;
+        for (int q = 1; q < 4; q++) SCAN(acc[h][q], q);
+        v8f gmax, dmax, gmin, dmin;
+        vgelu(zmax, &gmax, &dmax);
+        vgelu(zmin, &gmin, &dmin);
+        v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
+        vstore(pooled + o + 8 * h, vsel(m, gmin, gmax));
+        if (idx) vstorei(idx + o + 8 * h, vseli(m, imin, imax));
+        if (zsel) vstore(zsel + o + 8 * h, vsel(m, zmin, zmax));
+        if (dsel) vstore(dsel + o + 8 * h, vsel(m, dmin, dmax));
+    }
+}
+
+/* Channels in blocks of 24 (12 accumulators: enough independent FMAs to cover their latency), the last
+ * block 16 or 8 wide. Requires cout % 8 == 0. */
+void conv_direct_gelu_pool_f32(const float *x, const float *Wt, const float *bias, int64_t batch, int64_t H,
+                               int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
+                               float *pooled, int32_t *idx, float *zsel, float *dsel) {
+    for (int64_t b = 0; b < batch; b++) {
+        const float *xb = x + b * H * Wd * cin;
+        for (int64_t c0 = 0; c0 < cout;) {
+            const int64_t left = cout - c0, nb = left >= 24 && left != 32 ? 3 : left >= 16 ? 2 : 1;
+            for (int64_t py = 0; py < hp; py++)
+                for (int64_t px = 0; px < wp; px++) {
+                    const int64_t o = ((b * hp + py) * wp + px) * cout + c0;
+                    if (nb == 3)
+                        direct_window(3, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel, dsel);
+                    else if (nb == 2)
+                        direct_window(2, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel, dsel);
+                    else
+                        direct_window(1, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel, dsel);
+                }
+            c0 += 8 * nb;
+        }
+    }
+}
+
+void conv_direct_gelu_pool_f64(const double *x, const double *Wt, const double *bias, int64_t batch, int64_t H,
+                               int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
+                               double *pooled, int32_t *idx, double *zsel, double *dsel) {
+    const int64_t w2 = 2 * wp;
+    double z[4];
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++) {
+                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
+                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                const int64_t o = ((b * hp + py) * wp + px) * cout;
+                for (int64_t c = 0; c < cout; c++) {
+                    for (int q = 0; q < 4; q++) {
+                        const int64_t y = 2 * py + q / 2, xx = 2 * px + q % 2;
+                        z[q] = bias[c];
+                        for (int64_t ky = 0; ky < k; ky++)
+                            for (int64_t kx = 0; kx < k; kx++)
+                                for (int64_t ci = 0; ci < cin; ci++)
+                                    z[q] += x[((b * H + y + ky) * Wd + xx + kx) * cin + ci] *
+                                            Wt[((ky * k + kx) * cin + ci) * cout + c];
+                    }
+                    double zmax = z[0], zmin = z[0], gmax, dmax, gmin, dmin;
+                    int32_t imax = pos[0], imin = pos[0];
+                    for (int q = 1; q < 4; q++) {
+                        if (z[q] > zmax || isnan(z[q])) { zmax = z[q]; imax = pos[q]; }
+                        if (z[q] < zmin) { zmin = z[q]; imin = pos[q]; }
+                    }
+                    gelu64(zmax, &gmax, &dmax);
+                    gelu64(zmin, &gmin, &dmin);
+                    int m = gmin > gmax || (gmin == gmax && imin < imax);
+                    pooled[o + c] = m ? gmin : gmax;
+                    if (idx) idx[o + c] = m ? imin : imax;
+                    if (zsel) zsel[o + c] = m ? zmin : zmax;
+                    if (dsel) dsel[o + c] = m ? dmin : dmax;
+                }
+            }
+}
