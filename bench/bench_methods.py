@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -36,6 +37,7 @@ from tda.backends import get_backend  # noqa: E402
 from tda.config import get_task, parse_experiment  # noqa: E402
 from tda.data import transform  # noqa: E402
 from tda.methods.ats import ats_scores  # noqa: E402
+from tda.methods import native  # noqa: E402
 from tda.methods.cnn_kernels import cnn_spec  # noqa: E402
 from tda.methods.ensemble import member_losses, removal_weights, stack, train_ensemble  # noqa: E402
 from tda.methods.functional import split_params  # noqa: E402
@@ -98,6 +100,8 @@ def main(argv=None):
     p.add_argument("--if_loop_tests", type=int, default=None, help="IF loop timed on this many test samples, scaled")
     p.add_argument("--gd_loop_tests", type=int, default=None, help="GD/GC loop timed on this many test samples, scaled")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--torch_ops", action="store_true",
+                   help="the CNN kernels' GELU + pool blocks through torch's ops, not the C kernels (TDA_C_KERNELS=0)")
     args = p.parse_args(argv)
     quick = args.quick
     sizes = args.test_sizes or ([90] if quick else [90, 300])
@@ -106,8 +110,11 @@ def main(argv=None):
     gd_tests = args.gd_loop_tests or (10 if quick else 30)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.torch_ops:
+        os.environ["TDA_C_KERNELS"] = "0"
     cpu = platform.processor() or platform.machine()
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
+    blocks = "C kernels" if native.library() is not None else "torch's ops"
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; GELU + pool blocks: {blocks}")
     backend = get_backend(CFG)
     peak = [gemm_gflops()]
     rows, summary = [], {}
@@ -137,7 +144,7 @@ def main(argv=None):
             summary.setdefault(m_test, {})[key] = {"ratio_vs_loop": round(cl / cf, 3) if loop else None,
                                                    "gflops": round(gf, 2)}
             ratio = f"x{cl / cf:5.2f}" if loop else "     -"
-            print(f"{name:10s} {tag:9s} cpu: fast {cf:7.2f} s loop {cl:8.2f} s {ratio} | wall: fast {tf:7.2f} s "
+            print(f"{name:19s} {tag:9s} cpu: fast {cf:7.2f} s loop {cl:8.2f} s {ratio} | wall: fast {tf:7.2f} s "
                   f"loop {tl:8.2f} s | {gf:5.1f} GFLOP/s | max rel diff {err:.1e} {note}", flush=True)
 
         k = min(gd_tests, m_test)
@@ -161,6 +168,20 @@ def main(argv=None):
         run("LOO step", "loo_step", lambda mdl, p, f: train_ensemble(mdl, p, f, x, y, batches, w, CFG.lr,
                                                                       CFG.weight_decay)[0]["fc2.bias"], None,
             note="(the ensemble's training steps alone, no evaluation)")
+        if not quick and not args.torch_ops and native.library() is not None:  # the same without the C kernels
+            def torch_ops(fn):
+                def run_without(*a):
+                    os.environ["TDA_C_KERNELS"] = "0"
+                    try:
+                        return fn(*a)
+                    finally:
+                        os.environ.pop("TDA_C_KERNELS")
+                return run_without
+            run("ATS fwd, torch ops", "ats_fwd", torch_ops(lambda mdl, p, f: member_losses(mdl, stack(p, n), f, xt, yt)),
+                None, note="(as ATS fwd, the GELU + pool blocks through torch's ops instead of the C kernels)")
+            run("LOO step, torch ops", "loo_step", torch_ops(lambda mdl, p, f: train_ensemble(
+                mdl, p, f, x, y, batches, w, CFG.lr, CFG.weight_decay)[0]["fc2.bias"]), None,
+                note="(as LOO step, the GELU + pool blocks through torch's ops)")
         if m_test == sizes[0] and not quick:  # members vmapped, as on CUDA
             run("LOO vmap", "loo", lambda mdl, p, f: loo_continue(mdl, p, f, x, y, xt, yt, batches, CFG.lr,
                                                                   CFG.weight_decay, vectorize=True),
