@@ -161,8 +161,7 @@ def _gelu_pool_backward(ws: Workspace, li: int, d: torch.Tensor, blk: Block, b: 
     """(gs, dz): the gradient at the selected pre-activations [B, hp*wp, C] and on the whole grid (in z's buffer)."""
     hp, wp, c = layer.hp, layer.wp, layer.c_out
     gs = _buf(ws, f"gs{li}", (b, hp * wp, c), d)
-    # z itself is no longer needed: its buffer takes the gradient
-    dz = blk.z if blk.z is not None else _buf(ws, f"z{li}", (b * 4 * hp * wp, c), d)
+    dz = blk.z  # z itself is no longer needed: its buffer takes the gradient
     if blk.d_sel is not None:
         native.gelu_pool_backward(d.reshape(b, hp * wp, c), blk.idx, blk.d_sel, b, hp, wp, gs, dz)
         return gs, dz
@@ -250,28 +249,40 @@ def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, on
         dh = torch.mm(d, p[f"{name}.weight"].t(), out=_buf(ws, f"d{j}", (b, h_in.shape[1]), d))
         d = torch.ops.aten.gelu_backward(dh, fc_saved[j - 1][1]) if j > 0 else dh
     for li in reversed(range(len(spec.convs))):
-        layer, blk = spec.convs[li], saved[li]
-        cols, c = blk.cols if blk.x is None else _cols(ws, li, blk.x, layer), layer.c_out
-        if li == 0 and blk.z is None:  # the fused first block: its weight gradient from the winners' im2col rows
-            gs = _buf(ws, "gs0", (b, layer.hp * layer.wp, c), d)
-            native.conv_gelu_pool_backward(cols, d.reshape(b, -1, c).contiguous(), blk.idx, blk.d_sel, b, layer.hp,
-                                           layer.wp, gs, g[f"{layer.name}.weight"])
-            torch.sum(gs, 1, out=g[f"{layer.name}.bias"]) if per_sample else torch.sum(
-                gs.view(-1, c), 0, out=g[f"{layer.name}.bias"])
-            break
+        layer = spec.convs[li]
+        d = _conv_backward(ws, li, layer, saved[li], d, p[f"{layer.name}.weight"], g[f"{layer.name}.weight"],
+                           g[f"{layer.name}.bias"], b, per_sample)
+
+
+def _conv_backward(ws: Workspace, li: int, layer: ConvLayer, blk: Block, d: torch.Tensor, w: torch.Tensor,
+                   gw: torch.Tensor, gb: torch.Tensor, b: int, per_sample: bool) -> torch.Tensor | None:
+    """One block's backward from the gradient d at its pooled output: its weight and bias gradients into gw, gb
+    (per sample: with a leading sample dimension); returns the gradient at its input (None for the first block)."""
+    c, hw = layer.c_out, layer.hp * layer.wp
+    d = d.reshape(b, hw, c)
+    if blk.x is not None:  # a direct block: each window passes one gradient per channel, added patch by patch
+        gs = torch.mul(d, blk.d_sel, out=_buf(ws, f"gs{li}", (b, hw, c), d))
+        taps = layer.k * layer.k * layer.c_in
+        dw_t = _buf(ws, f"dwt{li}", (b, c, taps) if per_sample else (c, taps), d)
+        native.pool_conv_backward_weight(blk.x, gs, blk.idx, layer.k, layer.hp, layer.wp, dw_t)
+        gw.copy_(dw_t.transpose(-1, -2))
+    elif blk.z is None:  # the fused first block: its weight gradient from the winners' im2col rows
+        gs = _buf(ws, "gs0", (b, hw, c), d)
+        native.conv_gelu_pool_backward(blk.cols, d.contiguous(), blk.idx, blk.d_sel, b, layer.hp, layer.wp, gs, gw)
+    else:
         gs, dz = _gelu_pool_backward(ws, li, d, blk, b, layer)
         if per_sample:
-            g[f"{layer.name}.weight"].copy_(torch.bmm(cols.view(b, -1, cols.shape[1]).transpose(1, 2),
-                                                      dz.view(b, -1, c)))
-            torch.sum(gs, 1, out=g[f"{layer.name}.bias"])
+            gw.copy_(torch.bmm(blk.cols.view(b, -1, blk.cols.shape[1]).transpose(1, 2), dz.view(b, -1, c)))
         else:
-            torch.mm(cols.t(), dz, out=g[f"{layer.name}.weight"])
-            torch.sum(gs.view(-1, c), 0, out=g[f"{layer.name}.bias"])
-        if li == 0:
-            break
-        dcols = torch.mm(dz, p[f"{layer.name}.weight"].t(), out=cols)  # cols (this member's, li > 0) are used up
-        d = _col2im(dcols, layer, _buf(ws, f"dx{li}", (b, layer.h + 2 * layer.pad, layer.w + 2 * layer.pad,
-                                                       layer.c_in), d))
+            torch.mm(blk.cols.t(), dz, out=gw)
+    torch.sum(gs, 1, out=gb) if per_sample else torch.sum(gs.view(-1, c), 0, out=gb)
+    if li == 0:
+        return None
+    dx = _buf(ws, f"dx{li}", (b, layer.h + 2 * layer.pad, layer.w + 2 * layer.pad, layer.c_in), d)
+    if blk.x is not None:
+        native.pool_conv_backward_input(gs, blk.idx, w.t().contiguous(), layer.k, layer.hp, layer.wp, dx)
+        return _interior(dx, layer)
+    return _col2im(torch.mm(dz, w.t(), out=blk.cols), layer, dx)  # the block's im2col (li > 0) is used up
 
 
 def _col2im(dcols: torch.Tensor, layer: ConvLayer, out: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,8 @@ def _load() -> ctypes.CDLL | None:
         getattr(lib, f"conv_gelu_pool_{sfx}").argtypes = [p, p, p, i64, i64, i64, i64, i64, p, p, p, p]
         getattr(lib, f"conv_gelu_pool_backward_{sfx}").argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, p, i64]
         getattr(lib, f"conv_direct_gelu_pool_{sfx}").argtypes = [p, p, p, *[i64] * 8, p, p, p, p]
+        getattr(lib, f"pool_conv_backward_weight_{sfx}").argtypes = [p, p, p, *[i64] * 8, p, i64]
+        getattr(lib, f"pool_conv_backward_input_{sfx}").argtypes = [p, p, p, *[i64] * 8, p]
     return lib
 
 
@@ -178,6 +180,31 @@ def conv_direct_gelu_pool(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, 
     assert w.shape[0] == k * k * cin and cout % LANES == 0 and pooled.shape == (b, hp, wp, cout)
     getattr(library(), f"conv_direct_gelu_pool_{_sfx(x)}")(_ptr(x), _ptr(w), _ptr(bias), b, h, wd, cin, k, cout, hp,
                                                            wp, _ptr(pooled), _ptr(idx), _ptr(z_sel), _ptr(d_sel))
+
+
+def pool_conv_backward_weight(x: torch.Tensor, gs: torch.Tensor, idx: torch.Tensor, k: int, hp: int, wp: int,
+                               dw_t: torch.Tensor) -> None:
+    """Weight gradient of a direct block from its input x [B, H, W, C_in] and the gradient gs [B, hp*wp, C_out] at
+    the winners idx: into dw_t [C_out, k*k*C_in] (transposed kernel layout), or [B, C_out, k*k*C_in] per sample
+    (each sample's block contiguous, the samples at any stride)."""
+    b, h, wd, cin = x.shape
+    cout = gs.shape[-1]
+    assert dw_t.shape[-2:] == (cout, k * k * cin) and dw_t.stride()[-2:] == (k * k * cin, 1)
+    assert gs.is_contiguous() and gs.dtype == x.dtype == dw_t.dtype
+    stride = dw_t.stride(0) if dw_t.dim() == 3 else 0
+    getattr(library(), f"pool_conv_backward_weight_{_sfx(x)}")(_ptr(x), _ptr(gs), _ptr(idx), b, h, wd, cin, k, cout,
+                                                               hp, wp, dw_t.data_ptr(), stride)
+
+
+def pool_conv_backward_input(gs: torch.Tensor, idx: torch.Tensor, w_t: torch.Tensor, k: int, hp: int, wp: int,
+                              dx: torch.Tensor) -> None:
+    """Input gradient of a direct block: dx [B, H, W, C_in] (padding included, overwritten) from gs [B, hp*wp, C_out]
+    at the winners idx and the transposed weights w_t [C_out, k*k*C_in]."""
+    b, h, wd, cin = dx.shape
+    cout = gs.shape[-1]
+    assert w_t.shape == (cout, k * k * cin) and gs.is_contiguous() and gs.dtype == w_t.dtype == dx.dtype
+    getattr(library(), f"pool_conv_backward_input_{_sfx(gs)}")(_ptr(gs), _ptr(idx), _ptr(w_t), b, h, wd, cin, k, cout,
+                                                              hp, wp, _ptr(dx))
 
 
 if __name__ == "__main__":  # python -m tda.methods.native: build the library and say where it is

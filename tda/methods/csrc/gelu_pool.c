@@ -87,6 +87,23 @@ static inline void gelu64(double z, double *g, double *dg) {
         imin = vseli(dn, splati(pos[Q]), imin);                                \
     } while (0)
 
+/* A window's four pre-activations zq -> the pooled GELU and (each pointer optional, already at the window's
+ * channels) the winner's grid position, its z and GELU' there. */
+static inline void pool_select(const v8f zq[4], const int32_t pos[4], float *pooled, int32_t *idx, float *zsel,
+                               float *dsel) {
+    v8f zmax = zq[0], zmin = zq[0];
+    v8i imax = splati(pos[0]), imin = imax;
+    for (int q = 1; q < 4; q++) SCAN(zq[q], q);
+    v8f gmax, dmax, gmin, dmin;
+    vgelu(zmax, &gmax, &dmax);
+    vgelu(zmin, &gmin, &dmin);
+    v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
+    vstore(pooled, vsel(m, gmin, gmax));
+    if (idx) vstorei(idx, vseli(m, imin, imax));
+    if (zsel) vstore(zsel, vsel(m, zmin, zmax));
+    if (dsel) vstore(dsel, vsel(m, dmin, dmax));
+}
+
 void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_t C, float *pooled, int32_t *idx,
                    float *zsel, float *dsel) {
     const int64_t w2 = 2 * wp;
@@ -98,20 +115,10 @@ void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_
                 const float *zb = z + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
                 for (int64_t c = 0; c < C; c += 8) {
-                    v8f zmax = vload(zb + pos[0] * C + c), zmin = zmax;
-                    v8i imax = splati(pos[0]), imin = imax;
-                    for (int q = 1; q < 4; q++) {
-                        v8f zq = vload(zb + pos[q] * C + c);
-                        SCAN(zq, q);
-                    }
-                    v8f gmax, dmax, gmin, dmin;
-                    vgelu(zmax, &gmax, &dmax);
-                    vgelu(zmin, &gmin, &dmin);
-                    v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
-                    vstore(pooled + o + c, vsel(m, gmin, gmax));
-                    vstorei(idx + o + c, vseli(m, imin, imax));
-                    if (zsel) vstore(zsel + o + c, vsel(m, zmin, zmax));
-                    if (dsel) vstore(dsel + o + c, vsel(m, dmin, dmax));
+                    v8f zq[4];
+                    for (int q = 0; q < 4; q++) zq[q] = vload(zb + pos[q] * C + c);
+                    pool_select(zq, pos, pooled + o + c, idx + o + c, zsel ? zsel + o + c : 0,
+                                dsel ? dsel + o + c : 0);
                 }
             }
 }
@@ -207,17 +214,8 @@ void conv_gelu_pool_f32(const float *cols, const float *W, const float *bias, in
                         w = vload(W + t * C + c);
                         for (int q = 0; q < 4; q++) acc[q] += splat(r[q][t]) * w;
                     }
-                    v8f zmax = acc[0], zmin = acc[0];
-                    v8i imax = splati(pos[0]), imin = imax;
-                    for (int q = 1; q < 4; q++) SCAN(acc[q], q);
-                    v8f gmax, dmax, gmin, dmin;
-                    vgelu(zmax, &gmax, &dmax);
-                    vgelu(zmin, &gmin, &dmin);
-                    v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
-                    vstore(pooled + o + c, vsel(m, gmin, gmax));
-                    vstorei(idx + o + c, vseli(m, imin, imax));
-                    if (zsel) vstore(zsel + o + c, vsel(m, zmin, zmax));
-                    if (dsel) vstore(dsel + o + c, vsel(m, dmin, dmax));
+                    pool_select(acc, pos, pooled + o + c, idx + o + c, zsel ? zsel + o + c : 0,
+                                dsel ? dsel + o + c : 0);
                 }
             }
 }
@@ -291,7 +289,6 @@ void conv_gelu_pool_backward_f32(const float *cols, const float *d, const int32_
 void conv_gelu_pool_backward_f64(const double *cols, const double *d, const int32_t *idx, const double *dsel,
                                  int64_t batch, int64_t hp, int64_t wp, int64_t K, int64_t C, double *gs,
                                  double *dW, int64_t dw_stride) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++) {
         double *dw = dW + b * dw_stride;
         if (b == 0 || dw_stride)
@@ -346,19 +343,9 @@ static inline __attribute__((always_inline)) void direct_window(
     const int64_t w2 = 2 * wp;
     const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
     const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
-    for (int h = 0; h < NB; h++) {
-        v8f zmax = acc[h][0], zmin = acc[h][0];
-        v8i imax = splati(pos[0]), imin = imax;
-        for (int q = 1; q < 4; q++) SCAN(acc[h][q], q);
-        v8f gmax, dmax, gmin, dmin;
-        vgelu(zmax, &gmax, &dmax);
-        vgelu(zmin, &gmin, &dmin);
-        v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
-        vstore(pooled + o + 8 * h, vsel(m, gmin, gmax));
-        if (idx) vstorei(idx + o + 8 * h, vseli(m, imin, imax));
-        if (zsel) vstore(zsel + o + 8 * h, vsel(m, zmin, zmax));
-        if (dsel) vstore(dsel + o + 8 * h, vsel(m, dmin, dmax));
-    }
+    for (int h = 0; h < NB; h++)
+        pool_select(acc[h], pos, pooled + o + 8 * h, idx ? idx + o + 8 * h : 0, zsel ? zsel + o + 8 * h : 0,
+                    dsel ? dsel + o + 8 * h : 0);
 }
 
 /* Channels in blocks of 24 (12 accumulators: enough independent FMAs to cover their latency), the last
@@ -422,3 +409,57 @@ void conv_direct_gelu_pool_f64(const double *x, const double *Wt, const double *
                 }
             }
 }
+
+/* The backward of a direct block (conv_direct_gelu_pool), given gs, the gradient at each window's selected
+ * pre-activation [B, hp, wp, cout], and the winners idx. Each window passes one gradient per channel, so
+ * rather than dense products over the whole grid (three quarters of it zero) each (window, channel) adds
+ * its one input patch: k rows of k * cin contiguous values, channels-last. Plain loops over contiguous
+ * runs, which the compiler vectorises; the same code for float and double.
+ *
+ * weight: dWT[co][(ky, kx, ci)] = sum over windows of gs * x[winner + (ky, kx)][ci], into dWT [cout, k*k*cin]
+ *         (transposed kernel layout), per sample at dw_stride (> 0) or summed over the batch (0); overwritten.
+ * input:  dx[b][winner + (ky, kx)][ci] += gs * WT[co][(ky, kx, ci)], WT the transposed weights; dx
+ *         [B, H, W, cin] (padding included) is overwritten. */
+#define POOL_CONV_BACKWARD(T, SFX)                                                                            \
+    void pool_conv_backward_weight_##SFX(const T *x, const T *gs, const int32_t *idx, int64_t batch, int64_t H, \
+                                         int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp,         \
+                                         int64_t wp, T *dWT, int64_t dw_stride) {                              \
+        const int64_t taps = k * k * cin, run = k * cin, w2 = 2 * wp, n = hp * wp;                              \
+        for (int64_t b = 0; b < batch; b++) {                                                                 \
+            T *dw = dWT + b * dw_stride;                                                                      \
+            if (b == 0 || dw_stride)                                                                          \
+                for (int64_t i = 0; i < cout * taps; i++) dw[i] = 0;                                          \
+            const T *xb = x + b * H * Wd * cin;                                                               \
+            for (int64_t co = 0; co < cout; co++) {                                                           \
+                T *row = dw + co * taps;                                                                      \
+                for (int64_t w = 0; w < n; w++) {                                                             \
+                    const int64_t o = (b * n + w) * cout + co, pos = idx[o];                                  \
+                    const T g = gs[o];                                                                        \
+                    const T *src = xb + ((pos / w2) * Wd + pos % w2) * cin;                                   \
+                    for (int64_t ky = 0; ky < k; ky++)                                                        \
+                        for (int64_t j = 0; j < run; j++) row[ky * run + j] += g * src[ky * Wd * cin + j];    \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+    void pool_conv_backward_input_##SFX(const T *gs, const int32_t *idx, const T *WT, int64_t batch, int64_t H, \
+                                        int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp,          \
+                                        int64_t wp, T *dx) {                                                  \
+        const int64_t taps = k * k * cin, run = k * cin, w2 = 2 * wp, n = hp * wp;                              \
+        for (int64_t i = 0; i < batch * H * Wd * cin; i++) dx[i] = 0;                                         \
+        for (int64_t b = 0; b < batch; b++) {                                                                 \
+            T *xb = dx + b * H * Wd * cin;                                                                    \
+            for (int64_t w = 0; w < n; w++)                                                                   \
+                for (int64_t co = 0; co < cout; co++) {                                                       \
+                    const int64_t o = (b * n + w) * cout + co, pos = idx[o];                                  \
+                    const T g = gs[o];                                                                        \
+                    const T *src = WT + co * taps;                                                            \
+                    T *dst = xb + ((pos / w2) * Wd + pos % w2) * cin;                                         \
+                    for (int64_t ky = 0; ky < k; ky++)                                                        \
+                        for (int64_t j = 0; j < run; j++) dst[ky * Wd * cin + j] += g * src[ky * run + j];    \
+                }                                                                                             \
+        }                                                                                                     \
+    }
+
+POOL_CONV_BACKWARD(float, f32)
+POOL_CONV_BACKWARD(double, f64)
