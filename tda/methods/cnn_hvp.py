@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import cnn_blocks as B
 from . import cnn_kernels as K
 from .cnn_layout import CNNSpec, ConvLayer
 
@@ -39,7 +40,7 @@ def _col2im(dcols: torch.Tensor, layer: ConvLayer, b: int) -> torch.Tensor:
     """Adjoint of `_im2col`: [B, h, w, C] (padding cropped)."""
     p = layer.pad
     out = dcols.new_empty(b, layer.h + 2 * p, layer.w + 2 * p, layer.c_in)
-    return K._col2im(dcols, layer, out)
+    return B.col2im(dcols, layer, out)
 
 
 def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
