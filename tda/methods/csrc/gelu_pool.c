@@ -70,6 +70,30 @@ static inline void gelu64(double z, double *g, double *dg) {
     *dg = cdf + z * exp(-0.5 * z * z) * 0.39894228040143268;
 }
 
+/* Grid positions Y * 2wp + X of pool window (py, px) in scan order (0,0), (0,1), (1,0), (1,1). */
+static inline void window_positions(int64_t py, int64_t px, int64_t wp, int32_t pos[4]) {
+    const int32_t w2 = (int32_t)(2 * wp), pos0 = (int32_t)(2 * py) * w2 + (int32_t)(2 * px);
+    pos[0] = pos0, pos[1] = pos0 + 1, pos[2] = pos0 + w2, pos[3] = pos0 + w2 + 1;
+}
+
+/* double: the same selection as pool_select, one channel (z[q] the window's four pre-activations). */
+static inline void pool_select64(const double z[4], const int32_t pos[4], int64_t o, double *pooled, int32_t *idx,
+                                 double *zsel, double *dsel) {
+    double zmax = z[0], zmin = z[0], gmax, dmax, gmin, dmin;
+    int32_t imax = pos[0], imin = pos[0];
+    for (int q = 1; q < 4; q++) {
+        if (z[q] > zmax || isnan(z[q])) { zmax = z[q]; imax = pos[q]; }
+        if (z[q] < zmin) { zmin = z[q]; imin = pos[q]; }
+    }
+    gelu64(zmax, &gmax, &dmax);
+    gelu64(zmin, &gmin, &dmin);
+    int m = gmin > gmax || (gmin == gmax && imin < imax);
+    pooled[o] = m ? gmin : gmax;
+    if (idx) idx[o] = m ? imin : imax;
+    if (zsel) zsel[o] = m ? zmin : zmax;
+    if (dsel) dsel[o] = m ? dmin : dmax;
+}
+
 /* pooled[b,py,px,c] = max over the window of GELU(z); idx = the winner's grid position; zsel = its z;
  * dsel (if not NULL) = GELU'(zsel).
  *
@@ -106,12 +130,11 @@ static inline void pool_select(const v8f zq[4], const int32_t pos[4], float *poo
 
 void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_t C, float *pooled, int32_t *idx,
                    float *zsel, float *dsel) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 const float *zb = z + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
                 for (int64_t c = 0; c < C; c += 8) {
@@ -125,29 +148,17 @@ void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_
 
 void gelu_pool_f64(const double *z, int64_t batch, int64_t hp, int64_t wp, int64_t C, double *pooled, int32_t *idx,
                    double *zsel, double *dsel) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 const double *zb = z + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
                 for (int64_t c = 0; c < C; c++) {
-                    double zmax = zb[pos[0] * C + c], zmin = zmax, gmax, dmax, gmin, dmin;
-                    int32_t imax = pos[0], imin = pos[0];
-                    for (int q = 1; q < 4; q++) {
-                        double zq = zb[pos[q] * C + c];
-                        if (zq > zmax || isnan(zq)) { zmax = zq; imax = pos[q]; }
-                        if (zq < zmin) { zmin = zq; imin = pos[q]; }
-                    }
-                    gelu64(zmax, &gmax, &dmax);
-                    gelu64(zmin, &gmin, &dmin);
-                    int m = gmin > gmax || (gmin == gmax && imin < imax);
-                    pooled[o + c] = m ? gmin : gmax;
-                    idx[o + c] = m ? imin : imax;
-                    if (zsel) zsel[o + c] = m ? zmin : zmax;
-                    if (dsel) dsel[o + c] = m ? dmin : dmax;
+                    double z4[4];
+                    for (int q = 0; q < 4; q++) z4[q] = zb[pos[q] * C + c];
+                    pool_select64(z4, pos, o + c, pooled, idx, zsel, dsel);
                 }
             }
 }
@@ -157,12 +168,11 @@ void gelu_pool_f64(const double *z, int64_t batch, int64_t hp, int64_t wp, int64
  * 0 elsewhere; every entry written). */
 void gelu_pool_backward_f32(const float *d, const int32_t *idx, const float *dsel, int64_t batch, int64_t hp,
                             int64_t wp, int64_t C, float *gs, float *dz) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 float *db = dz + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
                 for (int64_t c = 0; c < C; c += 8) {
@@ -177,12 +187,11 @@ void gelu_pool_backward_f32(const float *d, const int32_t *idx, const float *dse
 
 void gelu_pool_backward_f64(const double *d, const int32_t *idx, const double *dsel, int64_t batch, int64_t hp,
                             int64_t wp, int64_t C, double *gs, double *dz) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 double *db = dz + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
                 for (int64_t c = 0; c < C; c++) {
@@ -198,12 +207,11 @@ void gelu_pool_backward_f64(const double *d, const int32_t *idx, const double *d
  * the pooled grid, as gelu_pool's z), W [K, C], sums in tap order t = 0..K-1. */
 void conv_gelu_pool_f32(const float *cols, const float *W, const float *bias, int64_t batch, int64_t hp, int64_t wp,
                         int64_t K, int64_t C, float *pooled, int32_t *idx, float *zsel, float *dsel) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 const float *r[4];
                 for (int q = 0; q < 4; q++) r[q] = cols + (b * 4 * hp * wp + pos[q]) * K;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
@@ -222,13 +230,12 @@ void conv_gelu_pool_f32(const float *cols, const float *W, const float *bias, in
 
 void conv_gelu_pool_f64(const double *cols, const double *W, const double *bias, int64_t batch, int64_t hp,
                         int64_t wp, int64_t K, int64_t C, double *pooled, int32_t *idx, double *zsel, double *dsel) {
-    const int64_t w2 = 2 * wp;
     double z[4];
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 const int64_t o = ((b * hp + py) * wp + px) * C;
                 for (int64_t c = 0; c < C; c++) {
                     for (int q = 0; q < 4; q++) {
@@ -236,19 +243,7 @@ void conv_gelu_pool_f64(const double *cols, const double *W, const double *bias,
                         z[q] = bias[c];
                         for (int64_t t = 0; t < K; t++) z[q] += r[t] * W[t * C + c];
                     }
-                    double zmax = z[0], zmin = z[0], gmax, dmax, gmin, dmin;
-                    int32_t imax = pos[0], imin = pos[0];
-                    for (int q = 1; q < 4; q++) {
-                        if (z[q] > zmax || isnan(z[q])) { zmax = z[q]; imax = pos[q]; }
-                        if (z[q] < zmin) { zmin = z[q]; imin = pos[q]; }
-                    }
-                    gelu64(zmax, &gmax, &dmax);
-                    gelu64(zmin, &gmin, &dmin);
-                    int m = gmin > gmax || (gmin == gmax && imin < imax);
-                    pooled[o + c] = m ? gmin : gmax;
-                    idx[o + c] = m ? imin : imax;
-                    if (zsel) zsel[o + c] = m ? zmin : zmax;
-                    if (dsel) dsel[o + c] = m ? dmin : dmax;
+                    pool_select64(z, pos, o + c, pooled, idx, zsel, dsel);
                 }
             }
 }
@@ -259,15 +254,14 @@ void conv_gelu_pool_f64(const double *cols, const double *W, const double *bias,
 void conv_gelu_pool_backward_f32(const float *cols, const float *d, const int32_t *idx, const float *dsel,
                                  int64_t batch, int64_t hp, int64_t wp, int64_t K, int64_t C, float *gs, float *dW,
                                  int64_t dw_stride) {
-    const int64_t w2 = 2 * wp;
     for (int64_t b = 0; b < batch; b++) {
         float *dw = dW + b * dw_stride;
         if (b == 0 || dw_stride)
             for (int64_t i = 0; i < K * C; i++) dw[i] = 0.0f;
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 const float *r[4];
                 for (int q = 0; q < 4; q++) r[q] = cols + (b * 4 * hp * wp + pos[q]) * K;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
@@ -340,9 +334,8 @@ static inline __attribute__((always_inline)) void direct_window(
                 }
             }
         }
-    const int64_t w2 = 2 * wp;
-    const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-    const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+    int32_t pos[4];
+    window_positions(py, px, wp, pos);
     for (int h = 0; h < NB; h++)
         pool_select(acc[h], pos, pooled + o + 8 * h, idx ? idx + o + 8 * h : 0, zsel ? zsel + o + 8 * h : 0,
                     dsel ? dsel + o + 8 * h : 0);
@@ -375,13 +368,12 @@ void conv_direct_gelu_pool_f32(const float *x, const float *Wt, const float *bia
 void conv_direct_gelu_pool_f64(const double *x, const double *Wt, const double *bias, int64_t batch, int64_t H,
                                int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
                                double *pooled, int32_t *idx, double *zsel, double *dsel) {
-    const int64_t w2 = 2 * wp;
     double z[4];
     for (int64_t b = 0; b < batch; b++)
         for (int64_t py = 0; py < hp; py++)
             for (int64_t px = 0; px < wp; px++) {
-                const int32_t pos0 = (int32_t)(2 * py * w2 + 2 * px);
-                const int32_t pos[4] = {pos0, pos0 + 1, pos0 + (int32_t)w2, pos0 + (int32_t)w2 + 1};
+                int32_t pos[4];
+                window_positions(py, px, wp, pos);
                 const int64_t o = ((b * hp + py) * wp + px) * cout;
                 for (int64_t c = 0; c < cout; c++) {
                     for (int q = 0; q < 4; q++) {
@@ -393,19 +385,7 @@ void conv_direct_gelu_pool_f64(const double *x, const double *Wt, const double *
                                     z[q] += x[((b * H + y + ky) * Wd + xx + kx) * cin + ci] *
                                             Wt[((ky * k + kx) * cin + ci) * cout + c];
                     }
-                    double zmax = z[0], zmin = z[0], gmax, dmax, gmin, dmin;
-                    int32_t imax = pos[0], imin = pos[0];
-                    for (int q = 1; q < 4; q++) {
-                        if (z[q] > zmax || isnan(z[q])) { zmax = z[q]; imax = pos[q]; }
-                        if (z[q] < zmin) { zmin = z[q]; imin = pos[q]; }
-                    }
-                    gelu64(zmax, &gmax, &dmax);
-                    gelu64(zmin, &gmin, &dmin);
-                    int m = gmin > gmax || (gmin == gmax && imin < imax);
-                    pooled[o + c] = m ? gmin : gmax;
-                    if (idx) idx[o + c] = m ? imin : imax;
-                    if (zsel) zsel[o + c] = m ? zmin : zmax;
-                    if (dsel) dsel[o + c] = m ? dmin : dmax;
+                    pool_select64(z, pos, o + c, pooled, idx, zsel, dsel);
                 }
             }
 }
