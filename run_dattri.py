@@ -21,7 +21,7 @@ from tda import cli, io, provenance
 from tda.attribution import load_seed_data
 from tda.config import TDAError
 from tda.locking import claim, lock_path
-from tda.methods.functional import output_logits
+from tda.engine.functional import output_logits
 
 
 def dattri_version() -> str:

@@ -30,7 +30,10 @@ import json, resource, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(1)
 from tda.models import CNN
-from tda.methods.functional import split_params
+try:
+    from tda.engine.functional import split_params
+except ImportError:  # a checkout from before the engine had a package of its own
+    from tda.methods.functional import split_params
 from tda.methods.loo import loo_continue
 from tda.methods.ats import ats_scores
 d = torch.load(sys.argv[2], weights_only=True)

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loops import loop_loo  # noqa: E402
 from tda.backends import epoch_batches  # noqa: E402
-from tda.methods.ensemble import use_vmap  # noqa: E402
-from tda.methods.functional import split_params  # noqa: E402
+from tda.engine.ensemble import use_vmap  # noqa: E402
+from tda.engine.functional import split_params  # noqa: E402
+from tda.engine.memory import budget_bytes  # noqa: E402
 from tda.methods.loo import loo_continue  # noqa: E402
-from tda.methods.memory import budget_bytes  # noqa: E402
 from tda.models import CNN  # noqa: E402
 
 

@@ -37,10 +37,11 @@ from tda.backends import get_backend  # noqa: E402
 from tda.config import get_task, parse_experiment  # noqa: E402
 from tda.data import transform  # noqa: E402
 from tda.methods.ats import ats_scores  # noqa: E402
-from tda.methods import native  # noqa: E402
-from tda.methods.cnn_kernels import cnn_spec  # noqa: E402
-from tda.methods.ensemble import member_losses, removal_weights, stack, train_ensemble  # noqa: E402
-from tda.methods.functional import split_params  # noqa: E402
+from tda.dispatch import member_losses, train_ensemble  # noqa: E402
+from tda.engine.ensemble import removal_weights, stack  # noqa: E402
+from tda.engine.functional import split_params  # noqa: E402
+from tda.kernels import native  # noqa: E402
+from tda.kernels.layout import spec_for  # noqa: E402
 from tda.methods.grad_sim import grad_dot_and_cos  # noqa: E402
 from tda.methods.influence import lissa_scores  # noqa: E402
 from tda.methods.loo import loo_continue  # noqa: E402
@@ -81,7 +82,7 @@ def gemm_gflops(n: int = 1024, reps: int = 8) -> float:
 def flop_counts(model, n: int, m: int, batches) -> dict[str, float]:
     """FLOPs of each method at one checkpoint, from the layer shapes."""
     params, frozen = split_params(model)
-    spec = cnn_spec(model, params, frozen, torch.zeros(1, 1, 28, 28))
+    spec = spec_for(model, params, frozen, torch.zeros(1, 1, 28, 28))
     f, fb = spec.flops_per_sample(False), spec.flops_per_sample(True)
     n_params = sum(t.numel() for t in params.values())
     steps = sum(len(i) for e in batches for i in e)  # sample-passes per member

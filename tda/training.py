@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import io, provenance
 from .backends import Backend, get_backend
 from .config import ExperimentConfig
-from .methods.functional import output_logits
+from .engine.functional import output_logits
 from .locking import claim, lock_path
 from .workers import raise_failed_rows, run_per_seed
 

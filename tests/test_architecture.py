@@ -1,7 +1,10 @@
-"""The package's shape: no import cycles (imports inside functions included) and small modules."""
+"""The package's shape: rooms that import only downwards, no import cycles (imports inside functions included),
+and small modules."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers import REPO
@@ -79,6 +82,56 @@ def test_no_import_cycles():
     graph = import_graph()
     assert "tda.attribution" in graph and "tda.methods.base" in graph["tda.methods.loo"]
     assert cycles(graph) == []
+
+
+#: room -> the rooms (package prefixes) its modules may import; docs/architecture.md draws the same picture
+ROOMS = {
+    "tda.engine": ("tda.engine",),
+    "tda.kernels": ("tda.kernels", "tda.engine", "tda.models"),
+    "tda.dispatch": ("tda.dispatch", "tda.kernels", "tda.engine", "tda.models"),
+}
+#: rooms the methods must not reach past the dispatcher
+METHODS_MAY_NOT = ("tda.kernels",)
+
+
+def _in(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that go against the rooms: a lower room importing a higher one, or a method importing the kernels."""
+    out = []
+    for m, deps in graph.items():
+        for room, allowed in ROOMS.items():
+            if _in(m, room):
+                out += [f"{m} -> {d}" for d in deps if d != "tda" and not any(_in(d, a) for a in allowed)]
+        if _in(m, "tda.methods"):
+            out += [f"{m} -> {d}" for d in deps if any(_in(d, r) for r in METHODS_MAY_NOT)]
+    return sorted(out)
+
+
+def test_the_room_checker_finds_planted_upward_imports():
+    planted = {"tda.engine.hvp": {"tda.methods.base", "tda.engine.functional"},
+               "tda.kernels.forward": {"tda.dispatch", "tda.kernels.blocks", "tda.models"},
+               "tda.methods.ats": {"tda.kernels.ensemble", "tda.dispatch"},
+               "tda.dispatch": {"tda.kernels.native", "tda.engine.memory"}}
+    assert violations(planted) == ["tda.engine.hvp -> tda.methods.base", "tda.kernels.forward -> tda.dispatch",
+                                   "tda.methods.ats -> tda.kernels.ensemble"]
+
+
+def test_rooms_import_only_downwards():
+    graph = import_graph()
+    assert {"tda.engine.functional", "tda.kernels.native", "tda.dispatch"} <= set(graph)
+    assert violations(graph) == []
+
+
+def test_the_c_kernels_load_without_the_methods():
+    """Importing the kernels' loader pulls in none of the methods, backends or configuration."""
+    code = ("import sys, tda.kernels.native; "
+            "print(sorted(m for m in sys.modules if m.startswith(('tda.methods', 'tda.backends', 'tda.config'))))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_modules_stay_small():

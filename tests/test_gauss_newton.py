@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from helpers import autograd_grads
-from tda.methods.functional import flatten, split_params, unflatten
-from tda.methods.hvp import batched_gnvp, batched_hvp
+from tda.engine.functional import flatten, split_params, unflatten
+from tda.engine.hvp import batched_gnvp, batched_hvp
 from tda.methods.influence import IF, cg_scores, conjugate_gradient, lissa_scores
 
 

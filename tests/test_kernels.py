@@ -1,5 +1,5 @@
-"""The CPU kernels of the paper's CNNs (cnn_kernels, cnn_ensemble, cnn_grads, cnn_hvp) against autograd and the
-generic path.
+"""The CPU kernels of the paper's CNNs (tda.kernels: forward, ensemble, grads, hvp) against autograd and the
+generic engine, and the dispatcher that chooses between them.
 
 float64 throughout, so differences measure the algorithms (summation order only), not float32 rounding.
 Inputs have large constant regions, as the digits' background has: max-pool windows then hold exact
@@ -14,15 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import autograd_grads, autograd_hvp, close
-from tda.methods import cnn_ensemble, cnn_hvp, native
+from tda.dispatch import curvature_product, member_losses, sample_grads, train_ensemble
+from tda.engine.ensemble import removal_weights, stack
+from tda.engine.functional import per_sample_losses, split_params
+from tda.engine.grads import Grads
+from tda.engine.memory import activation_bytes, chunk_size, default_chunk, member_bytes
+from tda.kernels import ensemble as cnn_ensemble
+from tda.kernels import forward as K
+from tda.kernels import hvp as cnn_hvp
+from tda.kernels import native
+from tda.kernels.blocks import Workspace
+from tda.kernels.grads import FactoredGrads
+from tda.kernels.layout import from_kernel, spec_for, to_kernel, views
 from tda.methods.ats import ats_scores
-from tda.methods import cnn_kernels as K
-from tda.methods.ensemble import member_losses, removal_weights, stack, train_ensemble
-from tda.methods.cnn_grads import FactoredGrads
-from tda.methods.functional import per_sample_losses, split_params
-from tda.methods.grads import Grads, sample_grads
-from tda.methods.hvp import batched_hvp
-from tda.methods.memory import activation_bytes, chunk_size, default_chunk, member_bytes
 from tda.models import CNN, CNN3L
 
 DT = torch.float64
@@ -69,15 +73,15 @@ def test_loss_grad_equals_autograd(arch, channels, size):
     x, y = _images(7, channels, size), torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(1))
     w = torch.tensor([1.0, 0.0, 1.0, 0.5, 1.0, 2.0, 1.0], dtype=DT)
     params, frozen = split_params(model)
-    spec = K.cnn_spec(model, params, frozen, x)
+    spec = spec_for(model, params, frozen, x)
     assert spec is not None
-    flat = K.to_kernel(spec, params)
+    flat = to_kernel(spec, params)
     grad = torch.full_like(flat, float("nan"))  # every entry must be written
-    K.loss_grad(spec, K.views(spec, flat), K.first_cols(spec, x), F.one_hot(y, 10).to(DT), w / len(y),
-                K.views(spec, grad), {})
+    K.loss_grad(spec, views(spec, flat), K.first_cols(spec, x), F.one_hot(y, 10).to(DT), w / len(y),
+                views(spec, grad), Workspace())
     loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum() / len(y)
     ref = dict(zip(params, torch.autograd.grad(loss, list(model.parameters()))))
-    got = K.from_kernel(spec, grad.unsqueeze(0))
+    got = from_kernel(spec, grad.unsqueeze(0))
     for n in params:
         close(got[n][0], ref[n], 1e-12)
 
@@ -96,12 +100,12 @@ def test_pooling_ties_between_different_patches_go_to_the_first_maximum():
     tied = (windows == windows.amax(2, keepdim=True)).sum(2) > 1
     assert tied.float().mean() > 0.05
     params, frozen = split_params(model)
-    spec = K.cnn_spec(model, params, frozen, x)
-    grad = torch.zeros_like(K.to_kernel(spec, params))
-    K.loss_grad(spec, K.views(spec, K.to_kernel(spec, params)), K.first_cols(spec, x), F.one_hot(y, 10).to(DT),
-                torch.full((6,), 1 / 6, dtype=DT), K.views(spec, grad), {})
+    spec = spec_for(model, params, frozen, x)
+    grad = torch.zeros_like(to_kernel(spec, params))
+    K.loss_grad(spec, views(spec, to_kernel(spec, params)), K.first_cols(spec, x), F.one_hot(y, 10).to(DT),
+                torch.full((6,), 1 / 6, dtype=DT), views(spec, grad), Workspace())
     ref = torch.autograd.grad(F.cross_entropy(model(x), y), model.conv1.weight)[0]
-    close(K.from_kernel(spec, grad.unsqueeze(0))["conv1.weight"][0], ref, 1e-12)
+    close(from_kernel(spec, grad.unsqueeze(0))["conv1.weight"][0], ref, 1e-12)
 
 
 @pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
@@ -120,11 +124,11 @@ def test_member_losses_equal_the_model(arch, channels, size):
 @pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
 def test_layout_round_trip(arch, channels, size):
     params, frozen = split_params(_model(arch, channels))
-    spec = K.cnn_spec(_model(arch, channels), params, frozen, _images(1, channels, size))
+    spec = spec_for(_model(arch, channels), params, frozen, _images(1, channels, size))
     members = {n: torch.randn(2, *t.shape, dtype=DT) for n, t in params.items()}
-    flat = K.to_kernel(spec, members)
+    flat = to_kernel(spec, members)
     assert flat.shape == (2, spec.numel) and spec.numel == sum(t.numel() for t in params.values())
-    back = K.from_kernel(spec, flat)
+    back = from_kernel(spec, flat)
     assert all(torch.equal(back[n], members[n]) for n in params)
 
 
@@ -154,8 +158,8 @@ def test_per_sample_grads_and_ats_equal_the_generic_path(arch, channels, size):
     x, y = _images(5, channels, size, seed=8), torch.randint(0, 10, (5,), generator=g)
     xt, yt = _images(4, channels, size, seed=9), torch.randint(0, 10, (4,), generator=g)
     params, frozen = split_params(model)
-    spec = K.cnn_spec(model, params, frozen, x)
-    per_sample = K.from_kernel(spec, cnn_ensemble.sample_grads(spec, K.to_kernel(spec, params), x, y))
+    spec = spec_for(model, params, frozen, x)
+    per_sample = from_kernel(spec, cnn_ensemble.sample_grads(spec, to_kernel(spec, params), x, y))
     close(torch.cat([per_sample[n].flatten(1) for n in params], dim=1), autograd_grads(model, x, y), 1e-12)
     wrapped = Wrapped(model)
     generic = ats_scores(wrapped, *split_params(wrapped), x, y, xt, yt, 1e-2, 5e-3, vectorize=False)
@@ -195,10 +199,10 @@ def test_hvp_equals_double_backward(arch, channels, size, monkeypatch):
     calls = []
     kernel = cnn_hvp.hvp
     monkeypatch.setattr(cnn_hvp, "hvp", lambda *a: calls.append(1) or kernel(*a))
-    close(batched_hvp(model, params, frozen, x, y, v, data_chunk=4, vec_chunk=2), ref, 1e-12)
+    close(curvature_product(model, params, frozen, x, y, v, data_chunk=4, vec_chunk=2), ref, 1e-12)
     assert len(calls) == 4  # 2 vector chunks x 2 data chunks, through the kernel
     wrapped = Wrapped(model)
-    close(batched_hvp(wrapped, *split_params(wrapped), x, y, v), ref, 1e-12)
+    close(curvature_product(wrapped, *split_params(wrapped), x, y, v), ref, 1e-12)
     assert len(calls) == 4
 
 
@@ -214,11 +218,11 @@ def test_training_takes_the_kernel_path_for_cnns_only(monkeypatch):
         train_ensemble(m, p, f, x, y, batches, w, 1e-3, 0.0, vectorize=False)
     assert calls == [1]
     p, f = split_params(model)
-    assert K.cnn_spec(model, p, f, x) is not None
-    assert K.cnn_spec(model, p, f, x.float()) is None  # inputs and parameters of different dtypes
-    assert K.cnn_spec(model, p, {"extra": torch.zeros(1)}, x) is None  # frozen tensors: not the plain CNN
-    assert K.cnn_spec(model, p, f, x[:, :, :4, :4]) is None  # too small for its layers
-    assert K.cnn_spec(Wrapped(model), *split_params(Wrapped(model)), x) is None
+    assert spec_for(model, p, f, x) is not None
+    assert spec_for(model, p, f, x.float()) is None  # inputs and parameters of different dtypes
+    assert spec_for(model, p, {"extra": torch.zeros(1)}, x) is None  # frozen tensors: not the plain CNN
+    assert spec_for(model, p, f, x[:, :, :4, :4]) is None  # too small for its layers
+    assert spec_for(Wrapped(model), *split_params(Wrapped(model)), x) is None
 
 
 # ---------------------------------------------------------------- chunks from memory

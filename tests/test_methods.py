@@ -16,10 +16,11 @@ from torch import nn
 
 from helpers import autograd_grads, autograd_hvp, close
 from tda.backends import epoch_batches
-from tda.methods.adam import AdamState, adam_init, adam_step
+from tda.engine.adam import AdamState, adam_init, adam_step
 from tda.methods.ats import ats_scores
-from tda.methods.ensemble import removal_weights, stack, train_ensemble
-from tda.methods.functional import flatten, split_params
+from tda.dispatch import train_ensemble
+from tda.engine.ensemble import removal_weights, stack
+from tda.engine.functional import flatten, split_params
 from tda.methods.grad_sim import grad_dot_and_cos
 from tda.methods.influence import cg_scores, conjugate_gradient, lissa_scores
 from tda.methods.loo import loo_continue, loo_scratch

@@ -1,4 +1,4 @@
-"""The C kernels of the GELU + max-pool blocks (tda/methods/native.py) in float32, against torch's own ops.
+"""The C kernels of the GELU + max-pool blocks (tda/kernels/native.py) in float32, against torch's own ops.
 
 float64 goes through the same kernels in test_kernels.py (there against autograd, to 1e-12); here the
 float32 code, which evaluates GELU 8 lanes at a time with its own erf and exp, is held to torch's float32
@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from helpers import close
-from tda.methods import cnn_kernels as K
-from tda.methods import native
+from tda.engine.functional import split_params
+from tda.kernels import forward as K
+from tda.kernels import native
+from tda.kernels.blocks import Workspace, im2col
+from tda.kernels.layout import ConvLayer, spec_for, to_kernel, views
 from tda.models import CNN, CNN3L
-from tda.methods.functional import split_params
 
 F32 = torch.float32
 
@@ -83,9 +85,9 @@ def test_float32_direct_conv_block_matches_im2col_gemm(k, cin, pad):
     if pad:
         x[:, :pad] = x[:, -pad:] = x[:, :, :pad] = x[:, :, -pad:] = 0
     w, bias = torch.randn(k * k * cin, cout, generator=g) / (k * cin ** 0.5), torch.randn(cout, generator=g)
-    layer = K.ConvLayer("conv", cin, cout, k, pad, h, h)
+    layer = ConvLayer("conv", cin, cout, k, pad, h, h)
     hp, wp = layer.hp, layer.wp
-    z = torch.addmm(bias, K.im2col(x, layer), w)
+    z = torch.addmm(bias, im2col(x, layer), w)
     ref, ref_idx = _torch_gelu_pool(z.view(b, 2 * hp, 2 * wp, cout))
     pooled, idx = torch.empty(b, hp, wp, cout), torch.empty(b, hp, wp, cout, dtype=torch.int32)
     z_sel, d_sel = torch.empty(b, hp * wp, cout), torch.empty(b, hp * wp, cout)
@@ -132,8 +134,8 @@ def test_float32_loss_gradient_with_and_without_the_c_kernels(arch, channels, si
     x, y = torch.rand(9, channels, size, size, generator=g), torch.randint(0, 10, (9,), generator=g)
     x[..., : size // 3] = 0.0
     params, frozen = split_params(model)
-    spec = K.cnn_spec(model, params, frozen, x)
-    flat = K.to_kernel(spec, params)
+    spec = spec_for(model, params, frozen, x)
+    flat = to_kernel(spec, params)
     calls = []
     for name in ("gelu_pool", "conv_gelu_pool", "conv_direct_gelu_pool"):
         real = getattr(native, name)
@@ -142,8 +144,8 @@ def test_float32_loss_gradient_with_and_without_the_c_kernels(arch, channels, si
     def grad(c: bool) -> torch.Tensor:
         monkeypatch.setenv("TDA_C_KERNELS", "1" if c else "0")
         out = torch.full_like(flat, float("nan"))
-        K.loss_grad(spec, K.views(spec, flat), K.first_cols(spec, x), F.one_hot(y, 10).float(),
-                    torch.full((9,), 1 / 9), K.views(spec, out), {})
+        K.loss_grad(spec, views(spec, flat), K.first_cols(spec, x), F.one_hot(y, 10).float(),
+                    torch.full((9,), 1 / 9), views(spec, out), Workspace())
         return out
 
     with_c = grad(True)

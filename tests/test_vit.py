@@ -21,7 +21,7 @@ from tda.backends import ViTBackend, epoch_batches, get_backend  # noqa: E402
 from tda.backends.vit import build_model, lora_target_modules, recorded_model_path  # noqa: E402
 from tda.config import ExperimentConfig, TDAError, get_task, parse_experiment  # noqa: E402
 from tda.data import generate_subsets  # noqa: E402
-from tda.methods.functional import mean_loss, per_sample_grads, split_params  # noqa: E402
+from tda.engine.functional import mean_loss, per_sample_grads, split_params  # noqa: E402
 from tda.seeds import load_seeds  # noqa: E402
 
 EPOCHS = 6  # shortened from 15: checkpoints after epochs 1..5

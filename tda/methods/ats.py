@@ -6,16 +6,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adam import adam_init, adam_step
+from ..dispatch import one_step_losses
+from ..engine.adam import BETAS, EPS
+from ..engine.functional import Params
 from .base import Checkpoint, Method, Scores, SeedData, option, register
-from . import cnn_ensemble
-from .cnn_kernels import cnn_spec
-from .ensemble import member_losses, stack, use_vmap
-from .functional import Params, per_sample_grads, per_sample_losses, unflatten
-from .memory import budget_bytes, chunk_size, default_chunk, member_bytes
-
-BETAS = (0.9, 0.999)
-EPS = 1e-8
 
 
 def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -25,29 +19,13 @@ def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.
     """tau [N, M] = L_i(theta'_j) - L_i(theta), theta'_j = theta after one fresh-Adam step on the batch {z_j}.
 
     A fresh Adam's first step is theta - lr * g / (|g| + eps) elementwise with g = grad L_j + wd * theta
-    (the bias corrections cancel), so all N steps follow from the per-sample gradients; we apply the
-    functional Adam step itself to the stacked gradients so the rounding is torch.optim.Adam's.
-    `member_chunk` perturbed models are evaluated at once (default: as many as free memory allows).
+    (the bias corrections cancel), so all N steps follow from the per-sample gradients; the functional
+    Adam step itself is applied, so the rounding is torch.optim.Adam's. `member_chunk` perturbed models
+    are evaluated at once (default: as many as free memory allows).
     """
-    spec = None if use_vmap(x_train.device, vectorize) else cnn_spec(model, params, frozen, x_train)
-    if spec is not None:  # the CNN kernels hold one member's activations at a time: members cost their parameters
-        chunk = member_chunk or chunk_size(member_bytes(spec.numel, x_train.element_size(), 0, training=True),
-                                           budget_bytes(x_train.device), len(y_train))
-        losses = cnn_ensemble.ats_losses(spec, params, x_train, y_train, x_test, y_test, lr, weight_decay, betas,
-                                         eps, chunk)
-        return losses[1:] - losses[:1]
-    if member_chunk is None:
-        member_chunk = default_chunk(model, params, frozen, x_test, min(eval_chunk, len(y_test)), len(y_train),
-                                     training=False, vectorized=False)
-    with torch.no_grad():
-        base = per_sample_losses(model, params, frozen, x_test, y_test)
-    g = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
-    out = []
-    for j in range(0, len(g), member_chunk):
-        members = stack(params, len(g[j:j + member_chunk]))
-        adam_step(members, unflatten(g[j:j + member_chunk], params), adam_init(members), lr, weight_decay, betas, eps)
-        out.append(member_losses(model, members, frozen, x_test, y_test, eval_chunk, vectorize) - base)
-    return torch.cat(out)
+    losses = one_step_losses(model, params, frozen, x_train, y_train, x_test, y_test, lr, weight_decay, betas, eps,
+                             member_chunk, grad_chunk, eval_chunk, vectorize)
+    return losses[1:] - losses[:1]
 
 
 @register

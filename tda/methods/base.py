@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from ..backends import Backend
 from ..config import ExperimentConfig
-from .ensemble import use_vmap
-from .functional import Params, split_params
+from ..engine.ensemble import use_vmap
+from ..engine.functional import Params, split_params
 
 
 def option(default: Any, help: str, type: type | None = None, choices: list | tuple | None = None):  # noqa: A002

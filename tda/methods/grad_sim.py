@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..dispatch import sample_grads
+from ..engine.functional import Params
 from .base import Checkpoint, Method, Scores, option, register
-from .functional import Params
-from .grads import sample_grads
 
 
 def grad_dot_and_cos(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,

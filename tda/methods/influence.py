@@ -14,25 +14,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..dispatch import curvature_product, sample_grads
+from ..engine.functional import Params, per_sample_grads
+from ..engine.hvp import HESSIANS
 from .base import Method, Scores, SeedData, option, register
-from .functional import Params, per_sample_grads
-from .grads import sample_grads
-from .hvp import batched_gnvp, batched_hvp
 
-HESSIANS = ("exact", "gauss-newton")
 LISSA_NOTE = ("LiSSA with one pass of T = ceil(N/batch) steps: s_test = h_T/scale stays close to "
               "(T+1) grad L_i / scale, so IF is nearly a scaled Grad-Dot")
-
-
-def curvature_product(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
-                      vectors: torch.Tensor, hessian: str = "exact", data_chunk: int | None = None,
-                      vec_chunk: int = 64) -> torch.Tensor:
-    """H v (hessian='exact', the Hessian of the mean loss) or G v ('gauss-newton') for vectors [R, P]."""
-    if hessian == "exact":
-        return batched_hvp(model, params, frozen, x, y, vectors, data_chunk, vec_chunk)
-    if hessian == "gauss-newton":
-        return batched_gnvp(model, params, frozen, x, vectors, data_chunk, vec_chunk)
-    raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
 
 
 def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from ..backends import Backend
 from ..config import TDAError
+from ..dispatch import ensemble_losses, train_ensemble
+from ..engine.ensemble import LR, removal_weights
+from ..engine.functional import Params, per_sample_losses, split_params
 from .base import Method, Scores, SeedData, option, register
-from .ensemble import LR, ensemble_losses, removal_weights, train_ensemble
-from .functional import Params, per_sample_losses, split_params
 
 PROTOCOLS = ("paper", "continue", "paired", "scratch")
 #: the control member of `scratch` retraces the training run; test losses further apart than this are reported

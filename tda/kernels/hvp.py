@@ -1,7 +1,7 @@
 """Hessian-vector products of the paper's CNNs on the CPU, by hand: one shared forward and backward, R tangents batched.
 
 Forward-over-reverse (Pearlmutter's R-operator) written out for conv-GELU-maxpool blocks and
-linear-GELU layers, in the layout of `cnn_kernels`. The primal forward and backward run once for
+linear-GELU layers, in the layout of `forward`. The primal forward and backward run once for
 all R vectors; each layer's tangent work is a few large matrix products over all R at once. The
 max-pool's selection is fixed by the primal indices (autograd's derivative of max-pooling), GELU's
 second derivative is phi(z) (2 - z^2). Only the order of floating-point sums differs from
@@ -14,9 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import cnn_blocks as B
-from . import cnn_kernels as K
-from .cnn_layout import CNNSpec, ConvLayer
+from ..engine.functional import Params, flatten, unflatten
+from . import blocks as B
+from . import forward as K
+from .blocks import Workspace
+from .layout import CNNSpec, ConvLayer, from_kernel, one_hot, to_kernel, views
 
 
 def _gelu_d1(z: torch.Tensor) -> torch.Tensor:
@@ -29,15 +31,8 @@ def _gelu_d2(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * z * z).mul_(1 / math.sqrt(2 * math.pi)).mul_(2 - z * z)
 
 
-def _im2col(a: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
-    """im2col of channels-last inputs [B, h, w, C] (zero padding added), pooled positions only."""
-    if layer.pad:
-        a = F.pad(a, (0, 0, layer.pad, layer.pad, layer.pad, layer.pad))
-    return K.im2col(a.contiguous(), layer)
-
-
 def _col2im(dcols: torch.Tensor, layer: ConvLayer, b: int) -> torch.Tensor:
-    """Adjoint of `_im2col`: [B, h, w, C] (padding cropped)."""
+    """Adjoint of `blocks.padded_cols`: [B, h, w, C] (padding cropped)."""
     p = layer.pad
     out = dcols.new_empty(b, layer.h + 2 * p, layer.w + 2 * p, layer.c_in)
     return B.col2im(dcols, layer, out)
@@ -46,13 +41,13 @@ def _col2im(dcols: torch.Tensor, layer: ConvLayer, b: int) -> torch.Tensor:
 def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """H v [R, P] for kernel-layout vectors v [R, P], H the Hessian of the mean cross-entropy on (x, y) at `flat`."""
     b, r = len(y), len(vectors)
-    p, t = K.views(spec, flat), K.views(spec, vectors)
+    p, t = views(spec, flat), views(spec, vectors)
     out = torch.empty_like(vectors)
-    g = K.views(spec, out)
-    ws: K.Workspace = {}
+    g = views(spec, out)
+    ws = Workspace()
     with torch.no_grad():
         # primal forward (shared by all R tangents), then the tangents' forward layer by layer
-        pooled, saved = K._conv_forward(spec, p, K.first_cols(spec, x), b, ws, save=True, keep_cols=True)
+        pooled, saved = K.conv_forward(spec, p, K.first_cols(spec, x), b, ws, save=True, keep_cols=True)
         convs = []  # per conv: (cols, tangent cols or None, idx [B, hp*wp, C], z_sel, GELU'(z_sel), tangent z_sel)
         dcols = None
         for li, (layer, blk) in enumerate(zip(spec.convs, saved)):
@@ -67,7 +62,7 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
             convs.append((cols, dcols, idx, z_sel, g1, dz_sel))
             da = dz_sel * g1  # the pooled outputs' tangent [R, B, hp*wp, C]
             if li + 1 < len(spec.convs):
-                dcols = _im2col(da.view(r * b, layer.hp, layer.wp, -1), spec.convs[li + 1])
+                dcols = B.padded_cols(da.view(r * b, layer.hp, layer.wp, -1), spec.convs[li + 1])
         h, dh = pooled.view(b, -1).clone(), da.reshape(r, b, -1)
         fcs = []  # per linear layer: (input, its tangent, pre-activation, its tangent, GELU'(pre-activation))
         for j, (name, _, _) in enumerate(spec.fcs):
@@ -80,7 +75,7 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
                 h, dh = F.gelu(z), dz * g1
         # backward: primal d (gradient w.r.t. a layer's output) and its tangent dd, layer by layer
         prob = torch.softmax(z, 1)
-        d = (prob - F.one_hot(y, prob.shape[1]).to(prob.dtype)) / b
+        d = (prob - one_hot(spec, y, prob.dtype)) / b
         dd = (prob * dz - prob * (prob * dz).sum(2, keepdim=True)) / b
         for j in reversed(range(len(spec.fcs))):
             name = spec.fcs[j][0]
@@ -115,4 +110,21 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
             d = _col2im(dz @ w_.t(), layer, b)
             ddc = torch.matmul(ddz, w_.t()).add_(torch.matmul(dz, tw.transpose(1, 2)))
             dd = _col2im(ddc.view(r * b * q, -1), layer, r * b)
+    return out
+
+
+def model_hvp(spec: CNNSpec, params: Params, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor,
+              data_chunk: int | None = None, vec_chunk: int = 64) -> torch.Tensor:
+    """`hvp` for vectors [R, P] in the model's `functional.flatten` order: the mean over the data accumulated
+    `data_chunk` samples at a time, `vec_chunk` vectors at a time."""
+    n = len(x)
+    data_chunk = data_chunk or n
+    flat, out = to_kernel(spec, params), torch.zeros_like(vectors)
+    for r in range(0, len(vectors), vec_chunk):
+        v = to_kernel(spec, unflatten(vectors[r:r + vec_chunk], params))
+        acc = torch.zeros_like(v)
+        for i in range(0, n, data_chunk):
+            xc, yc = x[i:i + data_chunk], y[i:i + data_chunk]
+            acc += hvp(spec, flat, xc, yc, v) * (len(xc) / n)
+        out[r:r + vec_chunk] = flatten(from_kernel(spec, acc), batch_dims=1)
     return out

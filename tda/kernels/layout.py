@@ -1,5 +1,8 @@
 """Which models the CNN kernels apply to, their layer shapes, and the kernel layout of their parameters.
 
+The kernels compute exactly the paper's `CNN` and `CNN3L` (conv-GELU-maxpool blocks, then linear-GELU-linear):
+a subclass may change `forward` (another activation, dropout), so only those classes themselves qualify.
+
 Kernel layout: conv weights [k*k*C_in, C_out] (taps in (ky, kx, c_in) order), linear weights [in, out],
 the first linear's inputs in channels-last (h, w, c) order; all of a member's parameters in one flat
 vector, in the order of the model's parameter dict.
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models import CNN, CNN3L
-from .functional import Params
+from ..engine.functional import Params
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,13 @@ class CNNSpec:
         return fwd if not backward else 2 * fwd + sum(conv[1:]) + sum(fc)
 
 
-def cnn_spec(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor) -> CNNSpec | None:
+#: the model classes the kernels compute (exactly these, not subclasses)
+KERNEL_MODELS = (CNN, CNN3L)
+
+
+def spec_for(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor) -> CNNSpec | None:
     """The spec of a `CNN`/`CNN3L` on inputs like `x` when the kernels apply to it; None for any other model."""
-    if not isinstance(model, (CNN, CNN3L)) or frozen or x.dim() != 4 or x.device.type != "cpu":
+    if type(model) not in KERNEL_MODELS or frozen or x.dim() != 4 or x.device.type != "cpu":
         return None
     if x.dtype not in (torch.float32, torch.float64) or set(params) != {n for n, _ in model.named_parameters()}:
         return None
@@ -147,3 +154,8 @@ def from_kernel(spec: CNNSpec, flat: torch.Tensor) -> Params:
             t = t.transpose(1, 2)
         out[n] = t.contiguous()
     return out
+
+
+def one_hot(spec: CNNSpec, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Labels as one-hot rows [B, classes] in `dtype`."""
+    return torch.nn.functional.one_hot(y, spec.fcs[-1][2]).to(dtype)

@@ -207,6 +207,6 @@ def pool_conv_backward_input(gs: torch.Tensor, idx: torch.Tensor, w_t: torch.Ten
                                                               hp, wp, _ptr(dx))
 
 
-if __name__ == "__main__":  # python -m tda.methods.native: build the library and say where it is
+if __name__ == "__main__":  # python -m tda.kernels.native: build the library and say where it is
     lib = library()
     print(lib._name if lib is not None else "C kernels off or unavailable", file=sys.stdout)

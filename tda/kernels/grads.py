@@ -13,14 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from . import cnn_kernels as K
-from .cnn_layout import CNNSpec
-from .functional import Params, unflatten
+from ..engine.functional import Params, unflatten
+from . import forward as K
+from .blocks import Workspace
+from .layout import CNNSpec, one_hot, to_kernel, views
 
 
 @dataclass
 class FactoredGrads:
-    """Per-sample gradients of B samples: the convolutions' [B, numel] per parameter, each linear layer's (h, d)."""
+    """Per-sample gradients of B samples (an `engine.grads.GradientSet`): the convolutions' [B, numel] per
+    parameter, each linear layer's (h, d)."""
 
     spec: CNNSpec
     like: Params  # the model's parameters (names and shapes of the flatten order)
@@ -43,7 +45,7 @@ class FactoredGrads:
 
     def dot_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """v_r . g_b for flattened vectors [R, P] (`functional.flatten` order), [R, B]."""
-        r, v = len(vectors), K.views(self.spec, K.to_kernel(self.spec, unflatten(vectors, self.like)))
+        r, v = len(vectors), views(self.spec, to_kernel(self.spec, unflatten(vectors, self.like)))
         out = sum(v[n].reshape(r, -1) @ a.T for n, a in self.conv.items())
         for (name, n_in, n_out), (h, d) in zip(self.spec.fcs, self.fcs):
             hw = (h @ v[f"{name}.weight"].permute(1, 0, 2).reshape(n_in, r * n_out)).view(-1, r, n_out)
@@ -54,16 +56,16 @@ class FactoredGrads:
 def factored_grads(spec: CNNSpec, params: Params, x: torch.Tensor, y: torch.Tensor,
                    chunk: int = 256) -> FactoredGrads:
     """The factored per-sample gradients of the mean-free loss CE_b of every sample, a chunk at a time."""
-    p = K.views(spec, K.to_kernel(spec, params))
+    p = views(spec, to_kernel(spec, params))
     names = [f"{c.name}.{t}" for c in spec.convs for t in ("weight", "bias")]
     shapes = spec.shapes()
     conv = {n: x.new_empty(len(y), *shapes[n]) for n in names}
     parts: list[list] = []
-    ws: K.Workspace = {}
+    ws = Workspace()
     with torch.no_grad():
         for i in range(0, len(y), chunk):
             xb, yb, fcs = x[i:i + chunk], y[i:i + chunk], []
-            onehot = torch.nn.functional.one_hot(yb, spec.fcs[-1][2]).to(x.dtype)
+            onehot = one_hot(spec, yb, x.dtype)
             K.loss_grad(spec, p, K.first_cols(spec, xb), onehot, x.new_ones(len(yb)),
                         {n: conv[n][i:i + chunk] for n in names}, ws, per_sample=True, fc_factors=fcs)
             parts.append(fcs)

@@ -52,6 +52,13 @@ def chunk_size(per_member: int, budget: int, n_members: int) -> int:
     return max(1, min(n_members, budget // max(per_member, 1)))
 
 
+def parameter_chunk(n_params: int, element_size: int, n_members: int, device: torch.device | str,
+                    training: bool = True) -> int:
+    """Members to hold at once when they share one member's activations (a loop of members): each costs only its
+    parameter-sized copies."""
+    return chunk_size(member_bytes(n_params, element_size, 0, training), budget_bytes(device), n_members)
+
+
 def activation_bytes(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor) -> int:
     """Bytes autograd saves for backward in a forward on `x` (not counting parameters and buffers): its activations.
 

@@ -1,36 +1,25 @@
-"""Curvature-vector products of the mean training loss (its Hessian, or its Gauss-Newton matrix), batched over many vectors."""
+"""Curvature-vector products of the mean training loss (its Hessian, or its Gauss-Newton matrix), batched over many
+vectors, for any model through `torch.func`."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from . import cnn_hvp
-from .cnn_layout import cnn_spec, from_kernel, to_kernel
 from .functional import Params, flatten, logits, mean_loss, unflatten
+
+HESSIANS = ("exact", "gauss-newton")
 
 
 def batched_hvp(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
                 vectors: torch.Tensor, data_chunk: int | None = None, vec_chunk: int = 64) -> torch.Tensor:
     """H v for a batch of flattened vectors [R, P], H the Hessian of the mean loss on (x, y) (no weight decay).
 
-    Forward-over-reverse (jvp of grad) vmapped over the vectors (the paper's CNNs on the CPU: the same
-    product written out in `cnn_hvp`); with `data_chunk` the mean over the data is accumulated chunk
-    by chunk (weights n_chunk / n), which bounds activation memory.
+    Forward-over-reverse (jvp of grad) vmapped over the vectors; with `data_chunk` the mean over the
+    data is accumulated chunk by chunk (weights n_chunk / n), which bounds activation memory.
     """
     n = len(x)
     data_chunk = data_chunk or n
-    spec = cnn_spec(model, params, frozen, x)
-    if spec is not None:  # the paper's CNNs on the CPU: the hand-written product, all vectors at once
-        flat, out = to_kernel(spec, params), torch.zeros_like(vectors)
-        for r in range(0, len(vectors), vec_chunk):
-            v = to_kernel(spec, unflatten(vectors[r:r + vec_chunk], params))
-            acc = torch.zeros_like(v)
-            for i in range(0, n, data_chunk):
-                xc, yc = x[i:i + data_chunk], y[i:i + data_chunk]
-                acc += cnn_hvp.hvp(spec, flat, xc, yc, v) * (len(xc) / n)
-            out[r:r + vec_chunk] = flatten(from_kernel(spec, acc), batch_dims=1)
-        return out
     flat0 = flatten(params)
 
     def loss_at(flat, xc, yc):

@@ -1,11 +1,11 @@
-"""Ensembles of stacked parameters: K copies of a model trained and evaluated side by side.
+"""Ensembles of stacked parameters through `torch.func`: K copies of any model trained and evaluated side by side.
 
 LOO's N retrainings and ATS's N perturbed models are such ensembles. Members are independent, so
 any split into chunks is exact; by default a chunk is as many members as free memory holds
 (`memory`). Members' gradients are `vmap`ped on CUDA; on the CPU a vmapped convolution becomes a
 grouped convolution that measured slower than a loop of ordinary batched calls, so there members
-are looped (`use_vmap`), the paper's CNNs through the hand-written kernels of `cnn_ensemble` and
-any other model through `torch.func`, one member's gradient and Adam step at a time.
+are looped (`use_vmap`), one member's gradient and Adam step at a time. (The paper's CNNs on the CPU
+run the same ensembles through `tda.kernels` instead; `tda.dispatch` chooses.)
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from . import cnn_ensemble
-from .adam import AdamState, adam_init, adam_step
-from .cnn_kernels import cnn_spec
-from .functional import Params, per_sample_losses
-from .memory import budget_bytes, chunk_size, default_chunk, member_bytes
+from .adam import BETAS, EPS, AdamState, adam_init, adam_step
+from .functional import Params, per_sample_grads, per_sample_losses, unflatten
+from .memory import default_chunk
 
+#: a learning rate: constant, or a function of the 0-based optimiser step (as an LR scheduler sets it before that step)
 LR = float | Callable[[int], float]
+#: per epoch, the index tensors of its batches
 Batches = Sequence[Sequence[torch.Tensor]]
 
 
@@ -35,34 +35,38 @@ def member(stacked: Params, k: int) -> Params:
     return {n: t[k] for n, t in stacked.items()}
 
 
+def n_members(stacked: Params) -> int:
+    """How many members stacked parameters hold."""
+    return next(iter(stacked.values())).shape[0]
+
+
 def use_vmap(device: torch.device, vectorize: bool | None) -> bool:
     """Whether to vmap over ensemble members: by default on CUDA only (see the module docstring)."""
     return device.type == "cuda" if vectorize is None else vectorize
 
 
+def learning_rate_at(lr: LR, step: int) -> float:
+    """The learning rate of the `step`-th (0-based) optimiser step."""
+    return lr(step) if callable(lr) else lr
+
+
+def snapshots(batches: Batches, snapshot_epochs: Sequence[int] | None) -> list[int]:
+    """The sorted 0-based epochs after which an ensemble's members are kept (default: the last)."""
+    return sorted(set(snapshot_epochs if snapshot_epochs is not None else [len(batches) - 1]))
+
+
 def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
-                  chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+                  chunk: int = 4096, vectorized: bool = False) -> torch.Tensor:
     """Per-sample losses of every stacked member on every sample, [K, M]; at most ~`chunk` (member, sample) pairs at once."""
-    k = next(iter(stacked.values())).shape[0]
-    spec = None if use_vmap(x.device, vectorize) else cnn_spec(model, stacked, frozen, x)
-    if spec is not None:
-        return cnn_ensemble.member_losses(spec, stacked, x, y)
+    k = n_members(stacked)
     with torch.no_grad():
-        if not use_vmap(x.device, vectorize):
+        if not vectorized:
             return torch.stack([torch.cat([per_sample_losses(model, member(stacked, j), frozen, x[i:i + chunk],
                                                              y[i:i + chunk]) for i in range(0, len(x), chunk)])
                                 for j in range(k)])
         f = vmap(lambda p, xx, yy: per_sample_losses(model, p, frozen, xx, yy), in_dims=(0, None, None))
         step = max(1, chunk // max(k, 1))
         return torch.cat([f(stacked, x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)], dim=1)
-
-
-def ensemble_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
-                    member_chunk: int = 64, pair_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
-    """`member_losses` with the members themselves also processed `member_chunk` at a time, [K, M]."""
-    k = next(iter(stacked.values())).shape[0]
-    return torch.cat([member_losses(model, {n: t[i:i + member_chunk] for n, t in stacked.items()}, frozen, x, y,
-                                    pair_chunk, vectorize) for i in range(0, k, member_chunk)])
 
 
 def removal_weights(n: int, control: bool, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -88,8 +92,8 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
                    batches: Batches, weights: torch.Tensor, lr: LR, weight_decay: float,
                    *, snapshot_epochs: Sequence[int] | None = None,
                    evaluate: Callable[[Params], torch.Tensor] | None = None, chunk: int | None = None,
-                   train_mode: bool = False, vectorize: bool | None = None,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> list:
+                   train_mode: bool = False, vectorized: bool = False,
+                   betas: tuple[float, float] = BETAS, eps: float = EPS) -> list:
     """Train K = len(weights) copies of `params` with Adam on the same batches, member k's loss weighted by weights[k].
 
     batches: per epoch, the index tensors of its batches (the training run's shuffled order).
@@ -104,17 +108,10 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
     """
     device = x.device
     k_all = weights.shape[0]
-    snaps = sorted(set(snapshot_epochs if snapshot_epochs is not None else [len(batches) - 1]))
-    vectorized = use_vmap(device, vectorize)
-    spec = None if vectorized else cnn_spec(model, params, frozen, x)
-    if chunk is None and spec is not None:  # the kernels share one member's activations: members cost parameters
-        chunk = chunk_size(member_bytes(spec.numel, x.element_size(), 0, training=True), budget_bytes(device), k_all)
-    elif chunk is None:
+    snaps = snapshots(batches, snapshot_epochs)
+    if chunk is None:
         samples = max(len(idx) for epoch in batches for idx in epoch)
         chunk = default_chunk(model, params, frozen, x, samples, k_all, training=True, vectorized=vectorized)
-    if spec is not None:
-        return cnn_ensemble.train_members(spec, params, x, y, batches, weights, lr, weight_decay, snaps, evaluate,
-                                          chunk, betas, eps)
     batches = [[idx.to(device) for idx in epoch] for epoch in batches[:snaps[-1] + 1]]
     was_training = model.training
 
@@ -151,7 +148,7 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
             for epoch in range(snaps[-1] + 1):
                 model.train(train_mode)
                 for idx in batches[epoch]:
-                    train_step(members, states, w[:, idx], x[idx], y[idx], lr(step) if callable(lr) else lr)
+                    train_step(members, states, w[:, idx], x[idx], y[idx], learning_rate_at(lr, step))
                     step += 1
                 if epoch in snaps:
                     model.eval()
@@ -159,6 +156,31 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
                     results[snaps.index(epoch)].append(out)
     finally:
         model.train(was_training)
-    if evaluate is not None:
+    return concat_snapshots(results, evaluate is not None)
+
+
+def concat_snapshots(results: list[list], evaluated: bool) -> list:
+    """Per snapshot epoch, its chunks' results joined along the member dimension."""
+    if evaluated:
         return [torch.cat(r) for r in results]
     return [{n: torch.cat([c[n] for c in r]) for n in r[0]} for r in results]
+
+
+def one_step_losses(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
+                    x_test: torch.Tensor, y_test: torch.Tensor, lr: float, weight_decay: float,
+                    betas: tuple[float, float], eps: float, member_chunk: int, grad_chunk: int = 256,
+                    eval_chunk: int = 4096, vectorized: bool = False) -> torch.Tensor:
+    """Test losses [N + 1, M]: of theta (row 0), then of each theta'_j = theta after one fresh-Adam step on {z_j}.
+
+    All N steps follow from the per-sample gradients; the functional Adam step itself is applied to the
+    stacked gradients, so the rounding is torch.optim.Adam's. `member_chunk` models are evaluated at once.
+    """
+    with torch.no_grad():
+        base = per_sample_losses(model, params, frozen, x_test, y_test)
+    g = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    out = [base.unsqueeze(0)]
+    for j in range(0, len(g), member_chunk):
+        members = stack(params, len(g[j:j + member_chunk]))
+        adam_step(members, unflatten(g[j:j + member_chunk], params), adam_init(members), lr, weight_decay, betas, eps)
+        out.append(member_losses(model, members, frozen, x_test, y_test, eval_chunk, vectorized))
+    return torch.cat(out)

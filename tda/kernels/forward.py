@@ -2,10 +2,10 @@
 
 On the CPU a member's training step through autograd spends more time outside the matrix products
 than in them (NCHW max-pooling, GELU's backward at every position, reorders). Here activations are
-channels-last; the conv-GELU-pool blocks are those of `cnn_blocks` (C kernels where there is a
+channels-last; the conv-GELU-pool blocks are those of `blocks` (C kernels where there is a
 compiler, else a GEMM over an im2col of only the positions the floor pooling keeps and torch's
 channels-last max-pool); the linear layers are GEMMs; every buffer is reused across members and
-steps. Parameters are in the kernel layout of `cnn_layout`.
+steps. Parameters are in the kernel layout of `layout`.
 
 Only the order of floating-point sums (and, in float32, GELU's last bits) differs from the model's
 own forward and backward. (Where two entries of a pooling window tie up to rounding, that can hand
@@ -16,31 +16,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cnn_blocks as B
+from . import blocks as B
 from . import native
-from .cnn_blocks import Workspace, im2col  # noqa: F401 - the kernels' API
-from .cnn_layout import CNNSpec, ConvLayer, cnn_spec, from_kernel, to_kernel, views  # noqa: F401 - the kernels' API
+from .blocks import Buf, Workspace
+from .layout import CNNSpec, views
+
 
 def first_cols(spec: CNNSpec, x: torch.Tensor) -> torch.Tensor:
     """The first layer's im2col of NCHW inputs (shared by every member)."""
-    layer = spec.convs[0]
-    a = x.permute(0, 2, 3, 1)
-    if layer.pad:
-        a = F.pad(a, (0, 0, layer.pad, layer.pad, layer.pad, layer.pad))
-    return B.im2col(a, layer)
+    return B.padded_cols(x.permute(0, 2, 3, 1), spec.convs[0])
 
 
-def _padded(ws: Workspace, tag: str, b: int, layer: ConvLayer, like: torch.Tensor) -> torch.Tensor:
-    """A zero-bordered channels-last input buffer [B, h + 2 pad, w + 2 pad, C] (only its interior is ever written)."""
-    p = layer.pad
-    key = (tag, (b, layer.h + 2 * p, layer.w + 2 * p, layer.c_in), like.dtype)
-    if key not in ws:
-        ws[key] = torch.zeros(key[1], dtype=like.dtype)
-    return ws[key]
-
-
-def _conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, b: int, ws: Workspace,
-                  save: bool, keep_cols: bool = False) -> tuple[torch.Tensor, list[B.Block]]:
+def conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, b: int, ws: Workspace,
+                 save: bool, keep_cols: bool = False) -> tuple[torch.Tensor, list[B.Block]]:
     """Every conv-GELU-pool block; returns the pooled channels-last output [B, hp * wp * C] and what backward needs.
 
     keep_cols: every saved block holds its im2col (no block is computed directly from its input)."""
@@ -53,7 +41,8 @@ def _conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor
             pooled, blk = B.direct_block(ws, li, x, w, bias, b, layer, save)
         else:
             cols = cols if li == 0 else B.block_cols(ws, li, x, layer)
-            z = torch.addmm(bias, cols, w, out=B.buf(ws, f"z{li}", (b * 4 * layer.hp * layer.wp, layer.c_out), cols))
+            z = torch.addmm(bias, cols, w, out=ws.get(Buf.Z, li, (b * 4 * layer.hp * layer.wp, layer.c_out),
+                                                      cols.dtype))
             pooled, blk = B.pooled_block(ws, li, z, b, layer, save)
             blk = blk._replace(cols=cols) if save else None
         if save:
@@ -61,7 +50,7 @@ def _conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor
         if li + 1 < len(spec.convs):
             nxt, x = spec.convs[li + 1], pooled
             if nxt.pad:
-                x = _padded(ws, f"x{li + 1}", b, nxt, pooled)
+                x = B.padded_input(ws, li + 1, b, nxt, pooled.dtype)
                 B.interior(x, nxt).copy_(pooled)
     return pooled.view(b, -1), saved
 
@@ -70,11 +59,11 @@ def losses(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, y: to
            ws: Workspace) -> torch.Tensor:
     """Per-sample cross-entropy [B] of one member (kernel-layout views `p`) on samples given by their first im2col."""
     b = len(y)
-    h, _ = _conv_forward(spec, p, cols1, b, ws, save=False)
+    h, _ = conv_forward(spec, p, cols1, b, ws, save=False)
     for j, (name, _, n_out) in enumerate(spec.fcs):
-        h = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=B.buf(ws, f"f{j}", (b, n_out), h))
+        h = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=ws.get(Buf.FC_OUT, j, (b, n_out), h.dtype))
         if j + 1 < len(spec.fcs):
-            h = B.gelu_into(h, B.buf(ws, f"g{j}", (b, n_out), h))
+            h = B.gelu_into(h, ws.get(Buf.FC_GELU, j, (b, n_out), h.dtype))
     return F.cross_entropy(h, y, reduction="none")
 
 
@@ -89,13 +78,13 @@ def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, on
     gradients themselves; `g` then needs only the convolutions' views.
     """
     b = len(onehot)
-    pooled, saved = _conv_forward(spec, p, cols1, b, ws, save=True)
+    pooled, saved = conv_forward(spec, p, cols1, b, ws, save=True)
     h, fc_saved = pooled, []
     for j, (name, _, n_out) in enumerate(spec.fcs):
-        z = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=B.buf(ws, f"f{j}", (b, n_out), h))
+        z = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=ws.get(Buf.FC_OUT, j, (b, n_out), h.dtype))
         fc_saved.append((h, z))
         if j + 1 < len(spec.fcs):
-            h = B.gelu_into(z, B.buf(ws, f"g{j}", (b, n_out), h))
+            h = B.gelu_into(z, ws.get(Buf.FC_GELU, j, (b, n_out), h.dtype))
     # d(loss)/d(logits) = (softmax - onehot) * w_b
     d = torch.softmax(z, 1).sub_(onehot).mul_(w.unsqueeze(1))
     for j in reversed(range(len(spec.fcs))):
@@ -108,12 +97,12 @@ def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, on
         else:
             torch.mm(h_in.t(), d, out=g[f"{name}.weight"])
             torch.sum(d, 0, out=g[f"{name}.bias"])
-        dh = torch.mm(d, p[f"{name}.weight"].t(), out=B.buf(ws, f"d{j}", (b, h_in.shape[1]), d))
+        dh = torch.mm(d, p[f"{name}.weight"].t(), out=ws.get(Buf.FC_DIN, j, (b, h_in.shape[1]), d.dtype))
         d = torch.ops.aten.gelu_backward(dh, fc_saved[j - 1][1]) if j > 0 else dh
     for li in reversed(range(len(spec.convs))):
         layer = spec.convs[li]
         d = B.block_backward(ws, li, layer, saved[li], d, p[f"{layer.name}.weight"], g[f"{layer.name}.weight"],
-                           g[f"{layer.name}.bias"], b, per_sample)
+                             g[f"{layer.name}.bias"], b, per_sample)
 
 
 def per_sample_grads(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, onehot: torch.Tensor,

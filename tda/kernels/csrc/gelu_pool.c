@@ -10,7 +10,7 @@
  * GELU is the exact (erf) GELU. double: libm's erf, as accurate as torch's. float: 8 lanes at once
  * with the formula torch's own vectorised CPU GELU uses (Abramowitz-Stegun 7.1.26 for erf, absolute
  * error below 1.5e-7) and a Cody-Waite exp; values agree with torch's float GELU to a few units in
- * the last place. Built by tda/methods/native.py: gcc -O3 -march=native -shared.
+ * the last place. Built by tda/kernels/native.py: gcc -O3 -march=native -shared.
  */
 #include <math.h>
 #include <stdint.h>

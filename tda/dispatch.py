@@ -1,0 +1,126 @@
+"""Which implementation computes a method's building blocks, decided in one place: the CNN CPU kernels
+(`tda.kernels`) or the generic `torch.func` engine (`tda.engine`).
+
+The kernels run exactly when the model is one of the paper's CNN classes (not a subclass, which may change
+`forward`), every parameter is attributed over, the inputs are image batches on the CPU in float32 or
+float64, and ensemble members are looped rather than vmapped (`vectorize` False, or None on the CPU).
+Everything else runs on the engine; `vectorize=True` forces the vmapped engine path anywhere (CUDA's
+default, tested on the CPU). The two paths differ only in the order of floating-point sums.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .engine import ensemble as E
+from .engine.adam import BETAS, EPS
+from .engine.ensemble import LR, Batches, stack, use_vmap
+from .engine.functional import Params, per_sample_grads
+from .engine.grads import GradientSet, Grads
+from .engine.hvp import HESSIANS, batched_gnvp, batched_hvp
+from .engine.memory import default_chunk, parameter_chunk
+from .kernels import ensemble as KE
+from .kernels import native
+from .kernels.grads import factored_grads
+from .kernels.hvp import model_hvp
+from .kernels.layout import CNNSpec, spec_for
+
+
+def kernel_spec(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor,
+                vectorize: bool | None = None) -> CNNSpec | None:
+    """The CNN kernels' spec when they compute this (model, parameters, inputs, vectorize) on x's device; else None."""
+    if use_vmap(x.device, vectorize):
+        return None
+    return spec_for(model, params, frozen, x)
+
+
+def path(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, vectorize: bool | None = None) -> str:
+    """Which path computes for these arguments, in words: 'C kernels', 'CNN kernels on torch ops', 'vmapped
+    members' or 'torch.func' (recorded beside the scores)."""
+    if kernel_spec(model, params, frozen, x, vectorize) is not None:
+        return "C kernels" if native.library() is not None else "CNN kernels on torch ops"
+    return "vmapped members" if use_vmap(x.device, vectorize) else "torch.func"
+
+
+def sample_grads(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                 chunk: int = 256, vectorize: bool | None = None) -> GradientSet:
+    """Every sample's loss gradient w.r.t. params: factored (kernels) or materialised by vmap(grad)."""
+    spec = kernel_spec(model, params, frozen, x, vectorize)
+    if spec is None:
+        return Grads(per_sample_grads(model, params, frozen, x, y, chunk))
+    return factored_grads(spec, params, x, y, chunk)
+
+
+def curvature_product(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                      vectors: torch.Tensor, hessian: str = "exact", data_chunk: int | None = None,
+                      vec_chunk: int = 64, vectorize: bool | None = None) -> torch.Tensor:
+    """H v (hessian='exact', the Hessian of the mean loss, no weight decay) or G v ('gauss-newton', its
+    Gauss-Newton matrix) for flattened vectors [R, P]."""
+    if hessian == "exact":
+        spec = kernel_spec(model, params, frozen, x, vectorize)
+        if spec is not None:
+            return model_hvp(spec, params, x, y, vectors, data_chunk, vec_chunk)
+        return batched_hvp(model, params, frozen, x, y, vectors, data_chunk, vec_chunk)
+    if hessian == "gauss-newton":
+        return batched_gnvp(model, params, frozen, x, vectors, data_chunk, vec_chunk)
+    raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+
+
+def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                  chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+    """Per-sample losses of every stacked member on every sample, [K, M]."""
+    spec = kernel_spec(model, stacked, frozen, x, vectorize)
+    if spec is not None:
+        return KE.member_losses(spec, stacked, x, y)
+    return E.member_losses(model, stacked, frozen, x, y, chunk, use_vmap(x.device, vectorize))
+
+
+def ensemble_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                    member_chunk: int = 64, pair_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+    """`member_losses` with the members themselves also processed `member_chunk` at a time, [K, M]."""
+    k = E.n_members(stacked)
+    return torch.cat([member_losses(model, {n: t[i:i + member_chunk] for n, t in stacked.items()}, frozen, x, y,
+                                    pair_chunk, vectorize) for i in range(0, k, member_chunk)])
+
+
+def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
+                   batches: Batches, weights: torch.Tensor, lr: LR, weight_decay: float,
+                   *, snapshot_epochs: Sequence[int] | None = None,
+                   evaluate: Callable[[Params], torch.Tensor] | None = None, chunk: int | None = None,
+                   train_mode: bool = False, vectorize: bool | None = None,
+                   betas: tuple[float, float] = BETAS, eps: float = EPS) -> list:
+    """K = len(weights) Adam trainings of `params` on the same batches, member k's per-sample losses weighted by
+    weights[k] (`engine.ensemble.train_ensemble` explains the arguments); `chunk` members at a time (default: as
+    many as free memory holds)."""
+    spec = kernel_spec(model, params, frozen, x, vectorize)
+    if spec is None:
+        return E.train_ensemble(model, params, frozen, x, y, batches, weights, lr, weight_decay,
+                                snapshot_epochs=snapshot_epochs, evaluate=evaluate, chunk=chunk,
+                                train_mode=train_mode, vectorized=use_vmap(x.device, vectorize), betas=betas, eps=eps)
+    # the kernels share one member's activations: members cost their parameters
+    chunk = chunk or parameter_chunk(spec.numel, x.element_size(), weights.shape[0], x.device)
+    return KE.train_members(spec, params, x, y, batches, weights, lr, weight_decay,
+                            E.snapshots(batches, snapshot_epochs), evaluate, chunk, betas, eps)
+
+
+def one_step_losses(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
+                    x_test: torch.Tensor, y_test: torch.Tensor, lr: float, weight_decay: float,
+                    betas: tuple[float, float] = BETAS, eps: float = EPS, member_chunk: int | None = None,
+                    grad_chunk: int = 256, eval_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+    """Test losses [N + 1, M] of theta (row 0) and of theta after one fresh-Adam step on each training sample alone;
+    `member_chunk` perturbed models at once (default: as many as free memory holds)."""
+    spec = kernel_spec(model, params, frozen, x_train, vectorize)
+    if spec is not None:
+        chunk = member_chunk or parameter_chunk(spec.numel, x_train.element_size(), len(y_train), x_train.device)
+        return KE.one_step_losses(spec, params, x_train, y_train, x_test, y_test, lr, weight_decay, betas, eps, chunk)
+    if member_chunk is None:
+        member_chunk = default_chunk(model, params, frozen, x_test, min(eval_chunk, len(y_test)), len(y_train),
+                                     training=False, vectorized=False)
+    return E.one_step_losses(model, params, frozen, x_train, y_train, x_test, y_test, lr, weight_decay, betas, eps,
+                             member_chunk, grad_chunk, eval_chunk, use_vmap(x_train.device, vectorize))
+
+
+__all__ = ["HESSIANS", "curvature_product", "ensemble_losses", "kernel_spec", "member_losses", "one_step_losses",
+           "path", "sample_grads", "stack", "train_ensemble"]
