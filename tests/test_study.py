@@ -2,6 +2,8 @@
 training at one batch per epoch, agreement signs, and the study's plan and workspace."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,116 @@ def test_plan_and_workspace(tmp_path) -> None:
     root = make_tiny_root(tmp_path / "tiny", seeds=SEEDS, n_per_class=2)
     train_seeds(parse_experiment("cnn_digits3_2pc_batch", root), list(SEEDS), progress=False)
     assert checkpoints_identical(root, "cnn_digits3_2pc_batch")["all_identical"]
+
+
+#: the sign of each method in the paper's terms, by the word a study label starts with: +1 where a positive
+#: score means "j helps i" (LOO, GD, GC), -1 for ATS and IF (Koh & Liang's sign)
+LEADING_WORD_OUTPUT = {"LOO": "loo", "ATS": "ats", "IF": "if", "GD": "gd", "GC": "gc"}
+PAPER_SIGN = {"loo": 1, "gd": 1, "gc": 1, "ats": -1, "if": -1}
+
+
+def _synthetic_loaded(plan) -> "object":
+    """Every score set the study loads, as random tau: the main outputs of the three ensembles of each setting and
+    every arm of each protocol setting, CG on fewer seeds than the others (as the study runs it)."""
+    from tda.study.analysis import Loaded
+    from tda.study.plan import MAIN_LABELS
+    rng = np.random.default_rng(5)
+    seeds = list(load_seeds())[: plan.n_seeds]
+
+    def ms(output: str, label: str, n_seeds: int) -> MethodScores:
+        return MethodScores(output, seeds[:n_seeds], rng.normal(size=(n_seeds, 5, 4, 3)), list(range(4)),
+                            list(range(3)), [10, 11, 12, 13, 14], label=label)
+
+    loaded = Loaded()
+    for task in plan.tasks:
+        for n in plan.ns:
+            for source in plan.sources(n):
+                loaded.main[(task, n, source)] = {lab: ms(o, lab, plan.n_seeds) for o, lab in MAIN_LABELS.items()}
+            if n in plan.protocol_ns:
+                loaded.arms[(task, n)] = {ARMS[a][3]: ms(ARMS[a][2], ARMS[a][3], plan.arm_seeds(a)) for a in plan.arms}
+    return loaded
+
+
+def test_every_label_the_study_builds_has_its_registered_methods_sign(tmp_path) -> None:
+    from tda.methods import outputs
+    from tda.study import analysis
+    from tda.study.plan import LABEL_OUTPUT, MAIN_LABELS, sign_of
+    plan = quick_plan(tmp_path / "work", tmp_path / "out")
+    plan.decomposition_ns, plan.protocol_ns = (14,), (14,)
+    loaded = _synthetic_loaded(plan)
+    tables = {"decomposition": analysis.decomposition_table(plan, loaded, reps=5),
+              "variants": analysis.variants_table(plan, loaded), "protocols": analysis.protocols_table(plan, loaded),
+              "agreement": analysis.agreement_table(plan, loaded)}
+    built = set()
+    for name, t in tables.items():
+        assert len(t), name
+        built |= {lab for col in ("method", "arm", "reference") if col in t for lab in t[col]}
+    # the labels the study builds: the main outputs, every arm, and LiSSA on CG's seeds (CG ran on fewer seeds)
+    assert set(MAIN_LABELS.values()) | {a[3] for a in ARMS.values()} | {"IF (LiSSA), CG's seeds"} == built
+    assert built == set(LABEL_OUTPUT)  # and no label is declared that the study never builds
+    # the registry's own signs are the paper's, and every label carries its method's
+    assert {o: m.sign for o, m in outputs().items()} == PAPER_SIGN
+    for lab in built:
+        output = LEADING_WORD_OUTPUT[lab.split()[0]]
+        assert sign_of(lab) == outputs()[output].sign == PAPER_SIGN[output], lab
+    agree = tables["agreement"]
+    for r in agree.itertuples():  # agreement positive whatever the sign conventions of the two
+        want = PAPER_SIGN[LEADING_WORD_OUTPUT[r.method.split()[0]]] * PAPER_SIGN[LEADING_WORD_OUTPUT[r.reference.split()[0]]]
+        assert r.aligned_pearson_mu == pytest.approx(want * r.pearson_mu)
+    derived = tables["protocols"].set_index("arm").loc["IF (LiSSA), CG's seeds"]
+    assert derived["n_seeds"] == plan.cg_seeds < plan.n_seeds
+    with pytest.raises(ValueError, match="no label 'IF \\(LiSSA\\) on 2 seeds'"):
+        sign_of("IF (LiSSA) on 2 seeds")
+
+
+def test_a_failed_step_leaves_the_others_running(tmp_path, monkeypatch) -> None:
+    from tda.study import run as study_run
+    plan = quick_plan(tmp_path / "work", tmp_path / "out")
+    plan.decomposition_ns, plan.protocol_ns = (20,), (10,)
+    ran = []
+
+    def fake_step(step, log_file):
+        ran.append(step.what)
+        if step.what == "training cnn_digits3_20pc_init":
+            return 1.0, "training broke"
+        if step.what == "if_cg_gn cnn_digits3_10pc":
+            return 2.0, "RuntimeError: CG broke"
+        return 0.5, None
+
+    monkeypatch.setattr(study_run, "prepare", lambda plan, log: None)
+    monkeypatch.setattr(study_run, "run_step", fake_step)
+    timings, failures = study_run.run_steps(plan)
+    steps = {s.what: s for s in plan.steps()}
+    assert len(steps) == len(plan.steps())  # step names are unique: they are what `needs` refers to
+    needing = {w for w, s in steps.items() if "training cnn_digits3_20pc_init" in s.needs}
+    assert needing == {f"{m} cnn_digits3_20pc_init" for m in ("loo", "ats", "if", "gd_and_gc", "p-values",
+                                                             "correlations")}
+    assert set(ran) == set(steps) - needing  # everything else ran, the arms after the failed one included
+    status = timings.set_index("step")["status"]
+    assert (status[list(needing)] == "not run").all() and status["if_cg_gn cnn_digits3_10pc"] == "failed"
+    assert (status.drop([*needing, "training cnn_digits3_20pc_init", "if_cg_gn cnn_digits3_10pc"]) == "done").all()
+    by = {f.what: f for f in failures}
+    assert by["training cnn_digits3_20pc_init"].error == "training broke"
+    assert by["loo cnn_digits3_20pc_init"].error == "not run: it needs 'training cnn_digits3_20pc_init', which failed"
+    cg = by["if_cg_gn cnn_digits3_10pc"]
+    assert cg.command == (f"TDA_ROOT={plan.arm_root('if_cg_gn').resolve()} python run_if.py --experiment "
+                          "cnn_digits3_10pc --seed_id all --solver cg --hessian gauss-newton")
+
+
+def test_run_step_catches_a_bad_option_and_an_unexpected_error(tmp_path, monkeypatch) -> None:
+    from tda.study.plan import Step
+    from tda.study.workspace import entry_script, run_step
+    log, root_before = tmp_path / "study.log", os.environ.get("TDA_ROOT")
+    bad = Step("loo_paired x", tmp_path, "run_loo.py", ("--experiment", "cnn_digits3_2pc", "--seed_id", "all",
+                                                         "--protocol", "bogus"))
+    _, error = run_step(bad, log)
+    assert error.startswith("run_loo.py: error: argument --protocol: invalid choice: 'bogus'"), error
+
+    def broken(argv):
+        raise RuntimeError("a bug\nsecond line")
+    monkeypatch.setattr(entry_script("run_ats.py"), "main", broken)
+    _, error = run_step(Step("ats x", tmp_path, "run_ats.py", ()), log)
+    assert error == f"RuntimeError: a bug (traceback in {log})"
+    text = log.read_text()
+    assert "Traceback" in text and "failed: RuntimeError: a bug" in text
+    assert os.environ.get("TDA_ROOT") == root_before  # the step's root is set only while it runs

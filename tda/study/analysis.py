@@ -13,18 +13,12 @@ import pandas as pd
 
 from .. import io, stats
 from ..config import TDAError, parse_experiment
-from ..methods import outputs
 from ..results.inventory import MethodScores, take_inventory
 from .compare import agreement, on_seeds, shared_seeds, significance
 from .decompose import COMPONENTS, bootstrap_shares, decompose
-from .plan import ARMS, LABEL_OUTPUT, MAIN_LABELS, StudyPlan
+from .plan import ARMS, MAIN_LABELS, ON_ARM_SEEDS, StudyPlan, on_arm_seeds_label, output_of, sign_of
 
 K_DEFAULT = 5
-
-
-def sign_of(label: str) -> int:
-    """+1 for methods whose positive score means "j helps i" (LOO, GD, GC), -1 for ATS and IF (the registry's sign)."""
-    return outputs()[LABEL_OUTPUT[label]].sign
 
 
 @dataclass
@@ -67,11 +61,16 @@ def load_all(plan: StudyPlan) -> Loaded:
     return out
 
 
-def with_lissa_on_cg_seeds(methods: dict[str, MethodScores]) -> dict[str, MethodScores]:
-    """Add LiSSA restricted to the seeds CG has, when CG ran on fewer: the two solvers compared on equal footing."""
-    cg, lissa = methods.get(ARMS["if_cg_gn"][3]), methods.get("IF (LiSSA)")
-    if cg is not None and lissa is not None and len(cg.seeds) < len(lissa.seeds):
-        methods = {**methods, "IF (LiSSA), CG's seeds": on_seeds(lissa, shared_seeds([cg, lissa]))}
+def with_arm_seeds(methods: dict[str, MethodScores]) -> dict[str, MethodScores]:
+    """Add each main output restricted to the seeds of an arm that scored fewer (LiSSA on CG's seeds): the two
+    compared on equal footing. The labels come from the plan, which knows their signs."""
+    for output, arm in ON_ARM_SEEDS:
+        main, fewer = methods.get(MAIN_LABELS[output]), methods.get(ARMS[arm][3])
+        if main is not None and fewer is not None and len(fewer.seeds) < len(main.seeds):
+            label = on_arm_seeds_label(output, arm)
+            restricted = on_seeds(main, shared_seeds([fewer, main]))
+            restricted.label = label
+            methods = {**methods, label: restricted}
     return methods
 
 
@@ -112,10 +111,10 @@ def protocols_table(plan: StudyPlan, loaded: Loaded, k: int = K_DEFAULT) -> pd.D
     rows = []
     for (task, n), arms in loaded.arms.items():
         main = loaded.main.get((task, n, "both"), {})
-        cands = with_lissa_on_cg_seeds({lab: main[lab] for lab in ("LOO (scratch)", "IF (LiSSA)") if lab in main} | arms)
-        for lab, ms in sorted(cands.items(), key=lambda kv: kv[0]):
+        mains = {lab: main[lab] for lab in (MAIN_LABELS["loo"], MAIN_LABELS["if"]) if lab in main}
+        for lab, ms in sorted(with_arm_seeds(mains | arms).items(), key=lambda kv: kv[0]):
             row = {"task": task, "n": n, "arm": lab, **significance(ms, k)}
-            if lab.startswith("LOO"):
+            if output_of(lab) == "loo":
                 row["shared_share"] = stats.shared_variance_share(_per_seed(ms, k))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -125,8 +124,8 @@ def agreement_table(plan: StudyPlan, loaded: Loaded, k: int = K_DEFAULT) -> pd.D
     """Per protocol setting: every method and solver against every LOO protocol (correlations of mu and p)."""
     frames = []
     for (task, n), arms in loaded.arms.items():
-        methods = with_lissa_on_cg_seeds({**loaded.main.get((task, n, "both"), {}), **arms})
-        refs = {lab: ms for lab, ms in methods.items() if lab.startswith("LOO")}
+        methods = with_arm_seeds({**loaded.main.get((task, n, "both"), {}), **arms})
+        refs = {lab: ms for lab, ms in methods.items() if output_of(lab) == "loo"}
         signs = {lab: sign_of(lab) for lab in methods}
         f = agreement(methods, refs, k, signs)
         if len(f):

@@ -76,12 +76,16 @@ def decompose_scores(scores: dict[str, np.ndarray], k: int) -> Decomposition:
 
 def bootstrap_shares(per_seed: dict[str, np.ndarray], reps: int = 200, seed: int = 0,
                      level: float = 0.9) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of the shares, resampling the seeds of each ensemble independently."""
+    """Percentile intervals of the shares, resampling the seeds of each ensemble independently (draws of a single
+    seed in an ensemble are left out)."""
     rng = np.random.default_rng(seed)
     x = {s: np.asarray(per_seed[s], dtype=np.float64) for s in SOURCES}
     draws: dict[str, list[float]] = {k: [] for k in COMPONENTS}
     for _ in range(reps):
-        d = decompose({s: v[rng.integers(0, len(v), len(v))] for s, v in x.items()})
+        draw = {s: rng.integers(0, len(v), len(v)) for s, v in x.items()}
+        if any(len(np.unique(i)) < 2 for i in draw.values()):
+            continue  # one seed drawn over and over has no variance (only rounding): likely with few seeds
+        d = decompose({s: x[s][i] for s, i in draw.items()})
         for k, v in d.shares.items():
             draws[k].append(v)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2

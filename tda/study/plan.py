@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ExperimentConfig, get_task
+from ..methods import outputs
 
 BATCH_SIZE = ExperimentConfig.batch_size
 
@@ -25,19 +26,53 @@ ARMS = {"loo_paper": ("run_loo.py", ("--protocol", "paper"), "loo", "LOO (paper)
         "if_cg_gn": ("run_if.py", ("--solver", "cg", "--hessian", "gauss-newton"), "if", "IF (CG, Gauss-Newton)")}
 #: labels of the main root's outputs in the study's tables
 MAIN_LABELS = {"loo": "LOO (scratch)", "ats": "ATS", "if": "IF (LiSSA)", "gd": "GD", "gc": "GC"}
-#: every label in the study's tables -> the score output it shows (whose registered method gives its sign)
-LABEL_OUTPUT = {**{lab: out for out, lab in MAIN_LABELS.items()}, **{a[3]: a[2] for a in ARMS.values()}}
+#: a main output also shown on only the seeds of an arm that scores fewer (LiSSA on CG's seeds, the two solvers on
+#: equal footing): (output, arm) -> the arm's name in that label
+ON_ARM_SEEDS = {("if", "if_cg_gn"): "CG"}
+
+
+def on_arm_seeds_label(output: str, arm: str) -> str:
+    """The label of a main output restricted to the seeds an arm scored, e.g. "IF (LiSSA), CG's seeds"."""
+    return f"{MAIN_LABELS[output]}, {ON_ARM_SEEDS[(output, arm)]}'s seeds"
+
+
+#: every label the study's tables can hold -> the score output it shows (whose registered method gives its sign)
+LABEL_OUTPUT = {**{lab: out for out, lab in MAIN_LABELS.items()}, **{a[3]: a[2] for a in ARMS.values()},
+                **{on_arm_seeds_label(out, arm): out for out, arm in ON_ARM_SEEDS}}
+
+
+def output_of(label: str) -> str:
+    """The score output a table label shows ('loo', 'if', ...); a label the study does not know is a programming
+    error (every label it builds must be in LABEL_OUTPUT)."""
+    if label not in LABEL_OUTPUT:
+        raise ValueError(f"the study has no label {label!r}: add it to LABEL_OUTPUT in tda/study/plan.py "
+                         f"(known: {', '.join(LABEL_OUTPUT)})")
+    return LABEL_OUTPUT[label]
+
+
+def sign_of(label: str) -> int:
+    """+1 where a positive score means "j helps i" (LOO, GD, GC), -1 for ATS and IF: the registered method's sign."""
+    return outputs()[output_of(label)].sign
+
+
 VARIANT_SUFFIX = {"both": "", "init": "_init", "batch": "_batch"}
 
 
 @dataclass(frozen=True)
 class Step:
-    """One entry-script call: under which root, which script with which arguments; `what` for the log."""
+    """One entry-script call: under which root, which script with which arguments; `what` names it (unique in a
+    plan), `needs` the steps whose outputs it reads (a step is not run when one of them failed)."""
 
     what: str
     root: Path
     script: str
     args: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+
+    @property
+    def command(self) -> str:
+        """The shell command that runs this step alone, from the repository."""
+        return f"TDA_ROOT={self.root.resolve()} python {self.script} {' '.join(self.args)}"
 
 
 @dataclass
@@ -56,6 +91,7 @@ class StudyPlan:
     quick: bool = False
     model: str = "cnn"
     arms: tuple[str, ...] = field(default_factory=lambda: tuple(ARMS))
+    command: str = ""  # how this study was started, for the report (default: `python run_study.py [--quick]`)
 
     def experiment(self, task: str, n: int, source: str = "both") -> str:
         """The experiment name of a setting's ensemble (`both` is the paper's: no suffix)."""
@@ -79,28 +115,31 @@ class StudyPlan:
         one = ("--workers", "1")  # cheap steps: in this process, no worker start-up
         out: list[Step] = []
         for task in self.tasks:
-            out.append(Step(f"subsets {task}", self.root, "run_subset_generation.py",
+            subsets = (f"subsets {task}",)
+            out.append(Step(subsets[0], self.root, "run_subset_generation.py",
                             ("--task", task, "--num_per_class", *map(str, self.ns))))
             for n in self.ns:
                 for source in self.sources(n):
                     e = self.experiment(task, n, source)
-                    seeds = ("--experiment", e, "--seed_id", "all")
-                    out.append(Step(f"training {e}", self.root, "run_cnn_training.py", (*seeds, *one)))
+                    seeds, trained = ("--experiment", e, "--seed_id", "all"), (f"training {e}",)
+                    out.append(Step(trained[0], self.root, "run_cnn_training.py", (*seeds, *one), subsets))
                     for script, extra, heavy in MAIN_METHODS:
                         out.append(Step(f"{script.removeprefix('run_').removesuffix('.py')} {e}", self.root,
-                                        script, (*seeds, *(w if heavy else one), *extra)))
-                    out.append(Step(f"p-values {e}", self.root, "run_pvalues.py", ("--experiment", e)))
-                    out.append(Step(f"correlations {e}", self.root, "run_correlations.py", ("--experiment", e)))
+                                        script, (*seeds, *(w if heavy else one), *extra), trained))
+                    # the results steps take whichever methods' scores exist: a failed method leaves the others
+                    out.append(Step(f"p-values {e}", self.root, "run_pvalues.py", ("--experiment", e), trained))
+                    out.append(Step(f"correlations {e}", self.root, "run_correlations.py", ("--experiment", e),
+                                    trained))
                 if n in self.protocol_ns:
                     e = self.experiment(task, n)
                     for arm in self.arms:
                         script, extra, _, _ = ARMS[arm]
                         out.append(Step(f"{arm} {e}", self.arm_root(arm), script,
-                                        ("--experiment", e, "--seed_id", "all", *w, *extra)))
+                                        ("--experiment", e, "--seed_id", "all", *w, *extra), (f"training {e}",)))
             for n in self.single_batch_ns(task):
                 e = self.experiment(task, n, "batch")
                 out.append(Step(f"training {e}", self.root, "run_cnn_training.py",
-                                ("--experiment", e, "--seed_id", "all", *one)))
+                                ("--experiment", e, "--seed_id", "all", *one), subsets))
         return out
 
     def single_batch_ns(self, task: str) -> list[int]:
@@ -124,6 +163,17 @@ def quick_plan(root: Path, out: Path, workers: int | None = None) -> StudyPlan:
     2 seeds: every part of the study in minutes, its numbers a smoke test only."""
     return StudyPlan(root=root, out=out, tasks=("digits3",), decomposition_ns=(14,), test_size=6, n_seeds=4,
                      cg_seeds=2, workers=workers, quick=True)
+
+
+#: set to 1, it makes `--quick` tiny: for tests of the study's own command (`make study ARGS=--quick`), not for use
+TINY_ENV = "TDA_STUDY_TINY"
+
+
+def tiny_plan(root: Path, out: Path, workers: int | None = None) -> StudyPlan:
+    """`--quick` under TDA_STUDY_TINY=1, for tests: every part of the study at 2 per class (one batch an epoch), 3
+    seeds with CG on 2 of them (so LiSSA on CG's seeds too), 3 test samples, in this process; its numbers mean nothing."""
+    return StudyPlan(root=root, out=out, tasks=("digits3",), protocol_ns=(2,), decomposition_ns=(2,), test_size=3,
+                     n_seeds=3, cg_seeds=2, workers=1 if workers is None else workers, quick=True)
 
 
 #: CPU seconds per seed (5 checkpoints) of the 2-layer CNN at 10 per class (N = 30) and 30 test samples, measured

@@ -4,15 +4,22 @@ from __future__ import annotations
 import pandas as pd
 
 from ..results.outputs import markdown_table
-from .plan import StudyPlan
+from .plan import ARMS, MAIN_LABELS, StudyPlan, output_of
+from .workspace import Failure
+
+PAPER, PAIRED, SCRATCH = ARMS["loo_paper"][3], ARMS["loo_paired"][3], MAIN_LABELS["loo"]
 
 
 def _pct(v: float) -> str:
     return "nan" if pd.isna(v) else f"{100 * v:.0f}%"
 
 
-def _cmd(plan: StudyPlan) -> str:
+def _default_cmd(plan: StudyPlan) -> str:
     return "python run_study.py" + (" --quick" if plan.quick else "")
+
+
+def _cmd(plan: StudyPlan) -> str:
+    return plan.command or _default_cmd(plan)
 
 
 def _env(plan: StudyPlan, root) -> str:
@@ -23,14 +30,25 @@ def header(plan: StudyPlan, timings: pd.DataFrame, total_s: float) -> str:
     """What was run, on which grid, and how long it took."""
     seeds = f"{plan.n_seeds} seeds (the first of random_seeds.pt)"
     return (f"# The noise of training data attribution: what it is made of, and which conclusions survive a "
-            f"clean ground truth\n\nReproduce everything with `{_cmd(plan)}` (`make study`"
-            + (" with ARGS=--quick" if plan.quick else "") + f"); it works under `{plan.root}/` and writes here. "
+            f"clean ground truth\n\nReproduce everything with `{_cmd(plan)}`"
+            + ((" (`make study`" + (" with ARGS=--quick" if plan.quick else "") + ")")
+               if _cmd(plan) == _default_cmd(plan) else "") + f"; it works under `{plan.root}/` and writes here. "
             f"Grid: tasks {', '.join(plan.tasks)}; protocols compared at {', '.join(map(str, plan.protocol_ns))} "
             f"per class, noise decomposed at {', '.join(map(str, plan.decomposition_ns))} per class; {seeds}; "
             f"{plan.test_size} test samples per task (`{plan.root}/data/<task>/test_subset.txt`); model "
             f"`{plan.model}`; K = 5 checkpoints averaged per seed throughout. Wall time: {total_s / 60:.1f} min, of "
             f"which the {len(timings)} steps {timings['seconds'].sum() / 60:.1f} min (`timings.csv`; a step whose "
             "outputs were already current costs next to nothing).\n")
+
+
+def failures_section(failures: list[Failure], analysis_command: str) -> str:
+    """What failed, each with its one-line error and the command that reruns it alone; empty when nothing did."""
+    if not failures:
+        return ""
+    items = "".join(f"* **{f.what}**: {f.error}  \n  rerun: `{f.command}`\n" for f in failures)
+    return (f"\n## What failed\n\n{len(failures)} part(s) of the study failed; the sections below are written from "
+            "everything else. Once the cause is fixed, run each command below (or the whole study again: finished "
+            f"steps are skipped), then `{analysis_command}` rewrites this report.\n\n" + items)
 
 
 def decomposition_section(plan: StudyPlan, d: pd.DataFrame) -> str:
@@ -105,16 +123,16 @@ def protocols_section(plan: StudyPlan, p: pd.DataFrame, agree: pd.DataFrame, cg:
     parts = ["\n## 4. The ground truth: LOO `paper` against `paired` and `scratch`\n\n"]
     for (task, n), g in p.groupby(["task", "n"], sort=False):
         g = g.set_index("arm")
-        if "LOO (paper)" in g.index:
-            base = g.loc["LOO (paper)"]
+        if PAPER in g.index:
+            base = g.loc[PAPER]
             moves = [f"under `{a.split('(')[1].rstrip(')')}` {g.loc[a, 'z_mean_p']:.3f} and "
                      f"{_pct(g.loc[a, 'z_frac_p_lt_0.05'])} (BH t-test: {_pct(g.loc[a, 't_frac_bh_lt_0.05'])})"
-                     for a in ("LOO (paired)", "LOO (scratch)") if a in g.index]
+                     for a in (PAIRED, SCRATCH) if a in g.index]
             parts.append(f"**{task} {n}pc:** the paper-protocol LOO has mean p {base.z_mean_p:.3f} and "
                          f"{_pct(base['z_frac_p_lt_0.05'])} of pairs with z-test p < 0.05 (BH t-test: "
                          f"{_pct(base['t_frac_bh_lt_0.05'])}); " + "; ".join(moves) + ". Share of LOO's variance "
                          "common to all j of a test sample: " + ", ".join(
-                             f"{a} {_pct(g.loc[a, 'shared_share'])}" for a in g.index if a.startswith("LOO")) + ".\n\n")
+                             f"{a} {_pct(g.loc[a, 'shared_share'])}" for a in g.index if output_of(a) == "loo") + ".\n\n")
     cols = ["task", "n", "arm", "n_seeds", "z_mean_p", "z_frac_p_lt_0.05", "z_frac_bh_lt_0.05", "t_mean_p",
             "t_frac_p_lt_0.05", "t_frac_bh_lt_0.05"]
     parts.append(markdown_table(p[cols].set_index("task"), "{:.3f}") + "\n![protocols](protocols.png)\n\n"
@@ -123,7 +141,7 @@ def protocols_section(plan: StudyPlan, p: pd.DataFrame, agree: pd.DataFrame, cg:
                  "paired`; the arm's data/ and models/ link to the study root's.)\n")
     parts.append("\n## 5. IF: the paper's LiSSA against a converged solver\n\n")
     if not agree.empty:
-        a = agree[agree["method"].str.startswith("IF") & (agree["reference"] == "LOO (scratch)")]
+        a = agree[(agree["method"].map(output_of) == "if") & (agree["reference"] == SCRATCH)]
         for r in a.itertuples():
             parts.append(f"* {r.task} {r.n}pc, {r.method} vs LOO (scratch), {r.n_seeds} seeds: Pearson r of mu "
                          f"{r.pearson_mu:+.3f}, Spearman {r.spearman_mu:+.3f}; of the per-pair p-values Pearson "

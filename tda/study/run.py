@@ -2,6 +2,9 @@
 figures, the summary across its experiments and results/study/report.md."""
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -13,24 +16,35 @@ from ..config import TDAError, repo_root
 from ..results.outputs import Outputs, write_figure
 from ..results.summary import write_summary
 from . import analysis, figures, report
-from .plan import StudyPlan, cost_table, full_plan, quick_plan
-from .workspace import checkpoints_identical, prepare, run_step
+from .plan import TINY_ENV, StudyPlan, cost_table, full_plan, quick_plan, tiny_plan
+from .workspace import Failure, caught, checkpoints_identical, prepare, run_step
 
 MANIFEST = ".study_manifest.json"
 
 
-def run_steps(plan: StudyPlan, log=print) -> pd.DataFrame:
-    """Prepare the root, then run every step in order (each skips finished work); their wall times."""
+def run_steps(plan: StudyPlan, log=print) -> tuple[pd.DataFrame, list[Failure]]:
+    """Prepare the root, then run every step in order (each skips finished work): their wall times, and what failed.
+
+    A failed step does not stop the study: the steps that need its outputs are not run, every other one is.
+    """
     prepare(plan, log)
-    rows = []
-    steps = plan.steps()
-    bar = tqdm(steps, desc="study", unit="step")
+    rows, failures, broken = [], [], set()
+    bar = tqdm(plan.steps(), desc="study", unit="step")
     for step in bar:
         bar.set_postfix_str(step.what)
-        seconds = run_step(step, plan.out / "study.log")
-        rows.append({"step": step.what, "root": str(step.root), "script": step.script, "seconds": round(seconds, 1)})
-        tqdm.write(f"{step.what}: {seconds:.0f} s")
-    return pd.DataFrame(rows)
+        blocked = [n for n in step.needs if n in broken]
+        if blocked:
+            seconds, error, status = 0.0, f"not run: it needs '{blocked[0]}', which failed", "not run"
+        else:
+            seconds, error = run_step(step, plan.out / "study.log")
+            status = "failed" if error else "done"
+        if error:
+            broken.add(step.what)
+            failures.append(Failure(step.what, error, step.command))
+        rows.append({"step": step.what, "root": str(step.root), "script": step.script, "seconds": round(seconds, 1),
+                     "status": status, "error": error or ""})
+        tqdm.write(f"{step.what}: {status.upper()}: {error}" if error else f"{step.what}: {seconds:.0f} s")
+    return pd.DataFrame(rows), failures
 
 
 def bitwise_table(plan: StudyPlan) -> pd.DataFrame:
@@ -48,48 +62,71 @@ def bitwise_table(plan: StudyPlan) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, log=print) -> Path:
-    """Every table with its figure, the summary across experiments, and report.md, into plan.out."""
+def analysis_command(plan: StudyPlan) -> str:
+    """The command that rewrites the tables, figures and report from the scores there are."""
+    cmd = plan.command or ("python run_study.py" + (" --quick" if plan.quick else ""))
+    return cmd if "--analysis_only" in cmd.split() else f"{cmd} --analysis_only"
+
+
+def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, failures: list[Failure] = (),
+                  log=print) -> tuple[Path, list[Failure]]:
+    """Every table with its figure, the summary across experiments, and report.md, into plan.out; with the failed
+    steps, and any part of the analysis that fails here, named in the report (the rest is written all the same)."""
+    failures = list(failures)
+    log_file = plan.out / "study.log"
+
+    def attempt(what: str, make, default=None):
+        try:
+            return make()
+        except Exception as e:  # noqa: BLE001 - one broken table or figure must not lose the rest of the report
+            failures.append(Failure(what, caught(e, log_file), analysis_command(plan)))
+            return default
+
     loaded = analysis.load_all(plan)
     fp = provenance.digest(sorted(str(p) for p in loaded.files)) if loaded.files else "none"
     fp = [fp, [provenance.file_digest(p) for p in sorted(loaded.files)]]
     out = Outputs(plan.out, MANIFEST, overwrite=True)
-    dec = analysis.decomposition_table(plan, loaded)
-    var = analysis.variants_table(plan, loaded)
-    prot = analysis.protocols_table(plan, loaded)
-    agree = analysis.agreement_table(plan, loaded)
-    cg = analysis.cg_table(plan)
-    bits = bitwise_table(plan)
+    empty = pd.DataFrame()
+    dec = attempt("decomposition table", lambda: analysis.decomposition_table(plan, loaded), empty)
+    var = attempt("variants table", lambda: analysis.variants_table(plan, loaded), empty)
+    prot = attempt("protocols table", lambda: analysis.protocols_table(plan, loaded), empty)
+    agree = attempt("agreement table", lambda: analysis.agreement_table(plan, loaded), empty)
+    cg = attempt("CG table", lambda: analysis.cg_table(plan), empty)
+    bits = attempt("bitwise table", lambda: bitwise_table(plan), empty)
     for name, table in (("decomposition", dec), ("variants", var), ("protocols", prot), ("agreement", agree),
                         ("cg", cg), ("bitwise", bits), ("timings", timings)):
         out.write(f"{name}.csv", table.to_csv(index=False, float_format="%.6g"), fp)
-    if not dec.empty:
-        write_figure(out, "decomposition", figures.decomposition_figure(dec), fp)
     var_dec = var[var.groupby(["task", "n"])["source"].transform("nunique") > 1] if not var.empty else var
-    if not var_dec.empty:
-        write_figure(out, "variants", figures.significance_figure(
-            var_dec, "method", "source", "Which source varies with the seed: mean p-value and significant pairs "
-            "(K = 5)"), fp)
-    if not prot.empty:
-        write_figure(out, "protocols", figures.significance_figure(
-            prot, "arm", None, "Ground truths and IF solvers on the same ensembles (K = 5)"), fp)
-    if not agree.empty:
-        write_figure(out, "agreement", figures.agreement_figure(agree), fp)
+    for name, table, make in (
+            ("decomposition", dec, lambda: figures.decomposition_figure(dec)),
+            ("variants", var_dec, lambda: figures.significance_figure(
+                var_dec, "method", "source", "Which source varies with the seed: mean p-value and significant pairs "
+                "(K = 5)")),
+            ("protocols", prot, lambda: figures.significance_figure(
+                prot, "arm", None, "Ground truths and IF solvers on the same ensembles (K = 5)")),
+            ("agreement", agree, lambda: figures.agreement_figure(agree))):
+        if not table.empty:
+            attempt(f"{name} figure", lambda: write_figure(out, name, make(), fp))
     experiments = [plan.experiment(t, n, s) for t in plan.tasks for n in plan.ns for s in plan.sources(n)]
     have = [e for e in experiments if (plan.root / "results" / e / "significance.csv").exists()]
     if have:
-        write_summary(have, plan.root, plan.out / "summary", log=lambda line: None)
+        attempt("summary across experiments", lambda: write_summary(have, plan.root, plan.out / "summary",
+                                                                    log=lambda line: None))
     big = StudyPlan(root=plan.root, out=plan.out, protocol_ns=(10, 20, 50), decomposition_ns=(20, 50), test_size=30)
     grid = (f"the full grid ({' and '.join(big.tasks)} at 10, 20 and 50 per class, the decomposition at 20 and 50, "
             f"every arm at every n, {big.n_seeds} seeds, {big.test_size} test samples)")
     per_task = [(w.split(": ", 1)[1], c) for w, c in cost_table(big) if w.startswith(f"{big.tasks[0]}:")]
-    text = (report.header(plan, timings, total_s) + report.decomposition_section(plan, dec)
-            + report.bitwise_section(plan, bits) + report.variants_section(var)
-            + report.protocols_section(plan, prot, agree, cg) + report.agreement_section(agree)
-            + report.footer(plan, per_task, len(big.tasks), grid, loaded.missing))
+    sections = [attempt(f"report section: {what}", make, "") for what, make in (
+        ("decomposition", lambda: report.decomposition_section(plan, dec)),
+        ("bitwise check", lambda: report.bitwise_section(plan, bits)), ("variants", lambda: report.variants_section(var)),
+        ("protocols", lambda: report.protocols_section(plan, prot, agree, cg)),
+        ("agreement", lambda: report.agreement_section(agree)),
+        ("footer", lambda: report.footer(plan, per_task, len(big.tasks), grid, loaded.missing)))]
+    text = (report.header(plan, timings, total_s) + report.failures_section(failures, analysis_command(plan))
+            + "".join(sections))
     path = out.write("report.md", text, fp)
     log(f"wrote {len(out.written)} files to {plan.out}/ ({len(out.kept)} unchanged); report: {path}")
-    return path
+    return path, failures
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -97,7 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = cli.parser("The noise decomposition (init vs batch order), LOO protocols and IF solvers on the offline "
                    "tasks, as one command; see docs/study.md.")
     p.add_argument("--quick", action="store_true", help="digits3 only, 4 seeds, 6 test samples, decomposition at 14 per "
-                   "class: a smoke test in about 7 min")
+                   f"class: a smoke test in about 7 min (for tests only, {TINY_ENV}=1 shrinks it to a tiny grid)")
     p.add_argument("--root", default=None, help="the study's own TDA_ROOT (default: <out>/work)")
     p.add_argument("--out", default=None, help="where the report goes (default: results/study[/quick])")
     p.add_argument("--workers", type=int, default=None, help="seeds in parallel per step (default: one per core)")
@@ -114,17 +151,20 @@ def main(argv: list[str] | None = None) -> Path:
     base = repo_root()
     out = Path(args.out) if args.out else base / "results" / ("study/quick" if args.quick else "study")
     root = Path(args.root) if args.root else out / "work"
-    plan = (quick_plan if args.quick else full_plan)(root, out, args.workers)
-    given = (("tasks", args.tasks), ("protocol_ns", args.protocol_n), ("decomposition_ns", args.decomposition_n),
+    tiny = args.quick and os.environ.get(TINY_ENV) == "1"
+    plan = (tiny_plan if tiny else quick_plan if args.quick else full_plan)(root, out, args.workers)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--analysis_only", "--dry_run")]
+    plan.command = (f"{TINY_ENV}=1 " if tiny else "") + shlex.join(["python", "run_study.py", *given])
+    options = (("tasks", args.tasks), ("protocol_ns", args.protocol_n), ("decomposition_ns", args.decomposition_n),
              ("n_seeds", args.seeds), ("test_size", args.test_size))
-    for name, value in given:
+    for name, value in options:
         if value is not None:
             setattr(plan, name, tuple(value) if isinstance(value, list) else value)
     if plan.n_seeds < 2 or plan.test_size < 1 or (args.workers is not None and args.workers < 1):
         raise TDAError("--seeds must be >= 2, --test_size and --workers >= 1")
     if args.dry_run:
         for s in plan.steps():
-            print(f"TDA_ROOT={s.root} python {s.script} {' '.join(s.args)}")
+            print(s.command)
         for w, sec in cost_table(plan):
             print(f"estimated {w}: {sec / 60:.1f} CPU-min")
         return out / "report.md"
@@ -133,10 +173,15 @@ def main(argv: list[str] | None = None) -> Path:
         done = plan.out / "timings.csv"
         timings = pd.read_csv(done) if done.exists() else pd.DataFrame(columns=["step", "root", "script", "seconds"])
         t0 -= float(timings["seconds"].sum())
+        failures = []
     else:
-        timings = run_steps(plan)
-    path = write_outputs(plan, timings, time.perf_counter() - t0)
+        timings, failures = run_steps(plan)
+    path, failures = write_outputs(plan, timings, time.perf_counter() - t0, failures)
     print(f"study done in {(time.perf_counter() - t0) / 60:.1f} min: {path}")
+    if failures:
+        raise TDAError(f"{len(failures)} part(s) of the study failed, the first '{failures[0].what}': "
+                       f"{failures[0].error}; the report, written for the rest, names each with the command that "
+                       f"reruns it: {path}")
     return path
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Callable, TextIO
 
 import torch
 
@@ -90,24 +93,79 @@ def entry_script(name: str) -> ModuleType:
     return _SCRIPTS[name]
 
 
-def run_step(step: Step, log_file: Path) -> float:
-    """Run one entry script's `main` under the step's root (as `TDA_ROOT`), printing into `log_file`; its wall time."""
+@dataclass(frozen=True)
+class Failure:
+    """A part of the study that failed: what, its one-line error, and the command that reruns it alone."""
+
+    what: str
+    error: str
+    command: str
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: a TDAError's own message, else its type and the first line of its message."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, TDAError):
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def caught(e: Exception, log_file: Path) -> str:
+    """The one-line error of a failed part of the study; an unexpected exception's traceback is appended to the log."""
+    if isinstance(e, TDAError):
+        return one_line(e)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f:
+        traceback.print_exception(e, file=f)
+    return f"{one_line(e)} (traceback in {log_file})"
+
+
+class _Tail:
+    """A text stream that passes everything on and keeps the last line written (where an argparse error lands)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> int:
+        lines = [x.strip() for x in text.replace("\r", "\n").split("\n") if x.strip()]
+        if lines:
+            self.last = lines[-1]
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def run_step(step: Step, log_file: Path) -> tuple[float, str | None]:
+    """Run one entry script's `main` under the step's root (as `TDA_ROOT`), printing into `log_file`: its wall time,
+    and its one-line error if it failed (None if not). A failure of any kind is caught (an unexpected one's
+    traceback goes to the log), so that the study goes on with the steps that do not need this one."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("TDA_ROOT")
     os.environ["TDA_ROOT"] = str(step.root.resolve())  # worker processes inherit it
-    t0 = time.perf_counter()
+    t0, error = time.perf_counter(), None
+    tail, argv = _Tail(sys.stderr), sys.argv
+    sys.argv = [step.script, *step.args]  # as if run alone: its own name in its argparse errors
     try:
-        with open(log_file, "a") as f, contextlib.redirect_stdout(f):
-            print(f"\n== {step.what}: TDA_ROOT={step.root} python {step.script} {' '.join(step.args)}", flush=True)
-            entry_script(step.script).main(list(step.args))
-    except TDAError as e:
-        raise TDAError(f"study step '{step.what}' failed: {e} (log: {log_file})")
+        with open(log_file, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(tail):
+            print(f"\n== {step.what}: {step.command}", flush=True)
+            try:
+                entry_script(step.script).main(list(step.args))
+            except SystemExit as e:  # the script's argparse rejected its arguments (it printed why)
+                if e.code not in (0, None):
+                    error = tail.last or f"{step.script} exited with status {e.code}"
+            except Exception as e:  # noqa: BLE001 - one failed step must not stop the others
+                f.flush()
+                error = caught(e, log_file)
+            if error:
+                print(f"failed: {error}", flush=True)
     finally:
+        sys.argv = argv
         if before is None:
             os.environ.pop("TDA_ROOT", None)
         else:
             os.environ["TDA_ROOT"] = before
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, error
 
 
 def checkpoints_identical(root: Path, experiment: str) -> dict:
