@@ -60,6 +60,15 @@ def test_bootstrap_interval_covers_the_planted_share() -> None:
     assert ci["init"][0] < 0.5 < ci["init"][1] and ci["batch"][0] < 0.5 < ci["batch"][1]
 
 
+def test_bootstrap_leaves_out_draws_of_a_single_seed() -> None:
+    # with 2 seeds per ensemble, every draw of both seeds is the data itself, so the interval is the estimate;
+    # a draw of one seed twice would give that ensemble a variance of 0 and the shares far off it
+    per_seed = planted(2, 50, 1.0, 1.0, 0.5, seed=4)
+    shares = decompose(per_seed).shares
+    for name, (lo, hi) in bootstrap_shares(per_seed, reps=50).items():
+        assert lo == pytest.approx(shares[name]) and hi == pytest.approx(shares[name]), name
+
+
 def test_decompose_rejects_mismatched_ensembles() -> None:
     with pytest.raises(ValueError, match="different pairs"):
         decompose({"both": np.zeros((3, 2, 2)), "init": np.zeros((3, 2, 3)), "batch": np.zeros((3, 2, 2))})
