@@ -14,8 +14,8 @@ def main(argv=None):
     if method is None:  # no or an unknown method, or --help: the general usage (or a one-line error)
         p = cli.parser(__doc__)
         p.add_argument("--method", required=True, choices=list(REGISTRY),
-                       help="; ".join(f"{n}: {m.__doc__.splitlines()[0]}" for n, m in REGISTRY.items())
-                       + ". `--method NAME --help` lists that method's options.")
+                       help=" ".join(f"{n}: {m.__doc__.splitlines()[0].rstrip('.')}." for n, m in REGISTRY.items())
+                       + " `--method NAME --help` lists that method's options.")
         cli.add_experiment_args(p)
         p.parse_args(argv)
     return attribution.main(method, f"{method.__doc__.splitlines()[0]} (run_tda.py --method {method.name})",

@@ -26,7 +26,8 @@ def add_experiment_args(p: argparse.ArgumentParser, seeds: bool = True) -> None:
     p.add_argument("--experiment", required=True, help="<model>_<task>_<n>pc, e.g. cnn_digits3_10pc")
     if seeds:
         p.add_argument("--seed_id", required=True, help="index into random_seeds.pt (0..9) or 'all'")
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="where to compute; auto: CUDA when available, else the CPU (default: auto)")
         p.add_argument("--overwrite", action="store_true", help="recompute finished outputs")
         p.add_argument("--workers", type=int, default=None,
                        help="seeds computed in parallel processes (default: $TDA_WORKERS, else one per CPU core "

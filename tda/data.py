@@ -211,15 +211,6 @@ def _subset_tensors(spec: TaskSpec, split: RawSplit, indices: list[int]) -> dict
             "labels": split.labels[idx].clone(), "indices": idx}
 
 
-def subset_files(data_dir: Path, num_per_class: list[int]) -> list[Path]:
-    """The index lists and tensor files that `generate_subsets` writes."""
-    data_dir = Path(data_dir)
-    names = ["test_subset.txt", "test_subset.pt"]
-    for n in num_per_class:
-        names += [f"train_subset_{n}pc.txt", f"train_subset_{n}pc.pt"]
-    return [data_dir / name for name in names]
-
-
 def validate_indices(idx: list[int], labels: torch.Tensor, classes, path: Path, per_class: int | None = None) -> None:
     """Reject an index list with duplicates, indices outside the dataset, classes outside the task or wrong counts."""
     n = len(labels)

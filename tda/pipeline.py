@@ -45,12 +45,15 @@ def entry_script(script: str) -> ModuleType:
 
 def main(argv: list[str] | None = None) -> None:
     """Run every step of EXPERIMENT (training arguments after it go to the training script), then the summary."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: python -m tda.pipeline EXPERIMENT [TRAINING_ARGS...]")
-    cfg, t_start = parse_experiment(argv[0]), time.perf_counter()
+    p = cli.parser(__doc__.splitlines()[0])
+    p.prog, p.usage = "python -m tda.pipeline", "python -m tda.pipeline EXPERIMENT [TRAINING_ARGS ...]"
+    p.epilog = ("TRAINING_ARGS go to the training script, e.g. --model_name_or_path DIR for the ViT. "
+                "`bash run_experiment.sh EXPERIMENT` runs this.")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="<model>_<task>_<n>pc, e.g. cnn_digits3_10pc")
+    args, training_args = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg, t_start = parse_experiment(args.experiment), time.perf_counter()
     with shared_workers():  # worker processes started once, not once per step
-        for name, script, args in steps(cfg, argv[1:]):
+        for name, script, args in steps(cfg, training_args):
             print(f"== {name}: python {script} {' '.join(args)}", flush=True)
             t0 = time.perf_counter()
             sys.argv = [script, *args]  # argparse names the script in its messages

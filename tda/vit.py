@@ -154,7 +154,7 @@ def _main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tda.vit", description=__doc__.splitlines()[0])
     p.add_argument("--make_tiny", metavar="DIR", required=True,
                    help="write a tiny random ViT (2 layers, hidden 32, image 32, patch 8) to DIR")
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=int, default=2, help="encoder layers of the tiny ViT (default: %(default)s)")
     args = p.parse_args(argv)
     path = make_tiny(args.make_tiny, num_layers=args.layers)
     print(f"wrote a tiny ViT to {path}/: try it with {MODEL_ENV}={path} bash run_experiment.sh vit_digits3_10pc")

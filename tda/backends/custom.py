@@ -135,7 +135,9 @@ def register(name: str, spec: str, root: Path | None = None) -> tuple[Path, str]
 def main(argv: list[str] | None = None) -> None:
     """Register a model family: `python -m tda.backends.custom --model NAME --model_factory module:function`."""
     p = parser("Register a model family of your own; experiments <model>_<task>_<n>pc then use it.")
-    p.add_argument("--model", required=True, help="the name experiments use, lowercase letters and digits (e.g. mlp)")
+    p.prog = "python -m tda.backends.custom"
+    p.add_argument("--model", required=True,
+                   help="the name experiments use, lowercase letters and digits (e.g. mymlp)")
     p.add_argument("--model_factory", required=True,
                    help="module:function; called as function(in_channels, image_size, num_classes) -> nn.Module")
     args = p.parse_args(argv)

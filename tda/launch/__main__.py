@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the sbatch commands (and write the job scripts), "
                    "submit nothing")
     p.add_argument("--wait", action="store_true", help="block until every job ended; exit 1 if any task failed")
-    p.add_argument("--poll", type=float, default=30.0, metavar="SECONDS", help="squeue interval of --wait")
+    p.add_argument("--poll", type=float, default=30.0, metavar="SECONDS", help="squeue interval of --wait (default: %(default)g)")
     return p
 
 

@@ -112,10 +112,11 @@ class Method:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per option, with its default and help."""
+        """One flag per option, with its default and help (which shows the default unless it explains it)."""
         for f in dataclasses.fields(cls):
             meta = f.metadata
-            kw = {"default": f.default, "help": meta.get("help", "")}
+            shown = f.default is None or "default" in meta.get("help", "")
+            kw = {"default": f.default, "help": meta.get("help", "") + ("" if shown else " (default: %(default)s)")}
             if meta.get("type") is not None:
                 kw["type"] = meta["type"]
             if meta.get("choices") is not None:
