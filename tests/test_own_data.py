@@ -103,15 +103,15 @@ def test_readme_commands_run_end_to_end(tmp_path, monkeypatch):
     assert torch.bincount(train["labels"]).tolist() == [5] * 4 and torch.bincount(test["labels"]).tolist() == [20] * 4
     assert not set(train["indices"].tolist()) & set(test["indices"].tolist())
     assert "GD" in (root / "results" / "cnn_digits4_5pc" / "report.md").read_text()
-    ck = torch.load(root / "models" / "mlp" / "digits4_5pc" / "724" / "epoch_14.pt", weights_only=True)
+    ck = torch.load(root / "models" / "mymlp" / "digits4_5pc" / "724" / "epoch_14.pt", weights_only=True)
     assert ck["model_factory"] == "mymodels:make_mlp" and "1.weight" in ck["state_dict"]
-    assert torch.load(root / "tda_scores" / "mlp_digits4_5pc" / "if" / "446.pt", weights_only=True)["scores"].shape \
+    assert torch.load(root / "tda_scores" / "mymlp_digits4_5pc" / "if" / "446.pt", weights_only=True)["scores"].shape \
         == (5, 20, 80)
     # the other methods take the model of your own too (its generic, non-CNN code paths)
     for name in ("run_ats", "run_loo"):
-        script(name).main(["--experiment", "mlp_digits4_5pc", "--seed_id", "0", "--workers", "1"])
+        script(name).main(["--experiment", "mymlp_digits4_5pc", "--seed_id", "0", "--workers", "1"])
     for output in ("ats", "loo"):
-        assert torch.load(root / "tda_scores" / "mlp_digits4_5pc" / output / "446.pt", weights_only=True)["scores"] \
+        assert torch.load(root / "tda_scores" / "mymlp_digits4_5pc" / output / "446.pt", weights_only=True)["scores"] \
             .isfinite().all()
     # the saved array through the script gives the same table as the array through significance()
     assert (root / "results" / "my_trak" / "mean_p_values.csv").read_bytes() == from_python

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..stats import average_last_k
 
 SOURCES = ("both", "init", "batch")
 COMPONENTS = {"init": "initialisation", "batch": "batch order", "interaction": "interaction / remainder"}
@@ -67,11 +66,6 @@ def decompose(per_seed: dict[str, np.ndarray]) -> Decomposition:
     if len(set(shapes.values())) != 1:
         raise ValueError(f"the three ensembles cover different pairs: {shapes}")
     return Decomposition(*(pooled_variance(per_seed[s]) for s in SOURCES))
-
-
-def decompose_scores(scores: dict[str, np.ndarray], k: int) -> Decomposition:
-    """The decomposition of tau averaged over each seed's last K checkpoints, from scores [S, C, N, M] per source."""
-    return decompose({s: average_last_k(v, k) for s, v in scores.items()})
 
 
 def bootstrap_shares(per_seed: dict[str, np.ndarray], reps: int = 200, seed: int = 0,
