@@ -8,6 +8,7 @@ from tda import cli, hf_data, io
 from tda.config import TASKS, USER_NAME, ExperimentConfig, TaskSpec, TDAError, get_task, repo_root, task_file
 from tda.data import generate_subsets
 from tda.locking import claim, lock_path
+from tda.ranges import NON_NEGATIVE, POSITIVE_INT, ranged
 
 DEFINING = ("hf_config", "image_column", "label_column", "classes", "test_per_class")
 
@@ -39,7 +40,7 @@ def main(argv=None):
     p.add_argument("--task", required=True,
                    help=f"{', '.join(TASKS)}, a task defined earlier, or a new name (lowercase letters and digits) "
                         "with --hf_dataset")
-    p.add_argument("--num_per_class", type=int, nargs="+", default=None,
+    p.add_argument("--num_per_class", type=ranged(int, POSITIVE_INT), nargs="+", default=None,
                    help="training samples per class (default: the paper's list for the task; 10 20 50 for a new one)")
     p.add_argument("--data_root", default=None,
                    help="where the source dataset lives (torchvision layout, or Fashion-MNIST IDX files)")
@@ -48,9 +49,9 @@ def main(argv=None):
     p.add_argument("--hf_config", default=None, help="the hub dataset's configuration name, if it has several")
     p.add_argument("--image_column", default=None, help="column of the images (default: the Image feature)")
     p.add_argument("--label_column", default=None, help="column of the labels (default: the ClassLabel feature)")
-    p.add_argument("--classes", type=int, nargs="+", default=None,
+    p.add_argument("--classes", type=ranged(int, NON_NEGATIVE), nargs="+", default=None,
                    help="label ids to keep, 2 to 10 (default: all); they become classes 0..K-1 in this order")
-    p.add_argument("--test_per_class", type=int, default=None,
+    p.add_argument("--test_per_class", type=ranged(int, POSITIVE_INT), default=None,
                    help="test images per class of a new task (default 30), from the test split, or drawn from the "
                         "training split, disjointly, when there is none")
     p.add_argument("--overwrite", action="store_true",

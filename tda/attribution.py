@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from . import cli, io, provenance
 from .backends import Backend, get_backend
 from .config import ExperimentConfig
+from .dispatch import planned_path
 from .methods import Method, SeedData
 from .locking import claim, lock_path
 from .workers import raise_failed_rows, run_per_seed
@@ -47,11 +48,19 @@ def scores_stale(method: Method, cfg: ExperimentConfig, seed: int, inputs: dict)
     return None
 
 
-def _inputs(method: Method, cfg: ExperimentConfig, seed: int, backend: Backend, subsets: dict | None = None) -> dict | None:
+def method_code(method: Method, backend: Backend, device: torch.device | str) -> dict:
+    """The code a method's scores come from: its module and the model family's (with all they import), the path."""
+    return provenance.code_facts([type(method).__module__, type(backend).__module__],
+                                 planned_path(backend.model_type(), device))
+
+
+def _inputs(method: Method, cfg: ExperimentConfig, seed: int, backend: Backend, device: torch.device | str,
+            subsets: dict | None = None) -> dict | None:
     """The provenance of a seed's scores, or None while its checkpoints are missing (computing then says which)."""
     if not all(cfg.ckpt_path(seed, e).exists() for e in cfg.ckpt_epochs):
         return None
-    return provenance.score_inputs(cfg, seed, method.name, method.key_settings(backend), subsets)
+    return provenance.score_inputs(cfg, seed, method.name, method.key_settings(backend), subsets,
+                                   method_code(method, backend, device))
 
 
 def compute_seed(method: Method, cfg: ExperimentConfig, seed: int, device: torch.device | str = "cpu",
@@ -79,7 +88,7 @@ def attempt_seed(method: Method, cfg: ExperimentConfig, seed: int, device: torch
     with claim(lock_path(cfg.scores_dir, f"{method.name}_{seed}"), wait) as got:
         if not got:
             return None
-        inputs = _inputs(method, cfg, seed, backend or get_backend(cfg))
+        inputs = _inputs(method, cfg, seed, backend or get_backend(cfg), device)
         reason = "--overwrite" if overwrite else "missing" if inputs is None else scores_stale(method, cfg, seed, inputs)
         if reason is None:
             return _skipped(method, cfg, seed)
@@ -113,7 +122,7 @@ def run_method(method: Method, cfg: ExperimentConfig, seeds: list[int], device: 
         if not loaded:
             loaded.append(io.load_subsets(cfg))  # missing subsets: one error now, not one per seed
             loaded.append(provenance.subset_inputs(cfg))
-        inputs = _inputs(method, cfg, seed, backend, loaded[1])
+        inputs = _inputs(method, cfg, seed, backend, device, loaded[1])
         if overwrite or inputs is None or scores_stale(method, cfg, seed, inputs) is not None:
             return None
         return _skipped(method, cfg, seed)

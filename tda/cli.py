@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .config import ExperimentConfig, TDAError, parse_experiment
+from .ranges import POSITIVE_INT, ranged
 from .seeds import load_seeds, resolve_seed_ids
 from .workers import default_workers
 
@@ -29,7 +30,7 @@ def add_experiment_args(p: argparse.ArgumentParser, seeds: bool = True) -> None:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="where to compute; auto: CUDA when available, else the CPU (default: auto)")
         p.add_argument("--overwrite", action="store_true", help="recompute finished outputs")
-        p.add_argument("--workers", type=int, default=None,
+        p.add_argument("--workers", type=ranged(int, POSITIVE_INT), default=None,
                        help="seeds computed in parallel processes (default: $TDA_WORKERS, else one per CPU core "
                             "with one thread each, or one per visible GPU; 1: all in this process)")
 

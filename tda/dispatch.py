@@ -25,7 +25,7 @@ from .kernels import ensemble as KE
 from .kernels import native
 from .kernels.grads import factored_grads
 from .kernels.hvp import model_hvp
-from .kernels.layout import CNNSpec, spec_for
+from .kernels.layout import KERNEL_MODELS, CNNSpec, spec_for
 
 
 def kernel_spec(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor,
@@ -36,12 +36,25 @@ def kernel_spec(model: nn.Module, params: Params, frozen: Params, x: torch.Tenso
     return spec_for(model, params, frozen, x)
 
 
+def _kernels_path() -> str:
+    return "C kernels" if native.library() is not None else "CNN kernels on torch ops"
+
+
 def path(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, vectorize: bool | None = None) -> str:
-    """Which path computes for these arguments, in words: 'C kernels', 'CNN kernels on torch ops', 'vmapped
-    members' or 'torch.func' (recorded beside the scores)."""
+    """Which path computes for these arguments, in words: 'C kernels', 'CNN kernels on torch ops', or 'vmapped
+    members' / 'torch.func' on the device."""
     if kernel_spec(model, params, frozen, x, vectorize) is not None:
-        return "C kernels" if native.library() is not None else "CNN kernels on torch ops"
-    return "vmapped members" if use_vmap(x.device, vectorize) else "torch.func"
+        return _kernels_path()
+    return f"{'vmapped members' if use_vmap(x.device, vectorize) else 'torch.func'} on {x.device.type}"
+
+
+def planned_path(model_type: type, device: torch.device | str) -> str:
+    """The path a method's blocks take for a model class on a device (`path`'s words), known before any data is
+    loaded: what the scores' provenance records."""
+    device = torch.device(device)
+    if not use_vmap(device, None) and model_type in KERNEL_MODELS:
+        return _kernels_path()
+    return f"{'vmapped members' if use_vmap(device, None) else 'torch.func'} on {device.type}"
 
 
 def sample_grads(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
@@ -123,4 +136,4 @@ def one_step_losses(model: nn.Module, params: Params, frozen: Params, x_train: t
 
 
 __all__ = ["HESSIANS", "curvature_product", "ensemble_losses", "kernel_spec", "member_losses", "one_step_losses",
-           "path", "sample_grads", "stack", "train_ensemble"]
+           "path", "planned_path", "sample_grads", "stack", "train_ensemble"]

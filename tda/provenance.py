@@ -1,11 +1,14 @@
 """Provenance: content hashes of exactly what each artefact was computed from, and whether it is still current.
 
 Every artefact records the digests of its inputs: subset tensors <- their index list and the source
-data; checkpoints <- the subset tensors, the experiment's constants and the seed; scores <- the seed's
-checkpoints, the subsets, the method and its settings; results <- the score files. A step keeps an
-artefact only when the inputs it recorded equal what is on disk now, and otherwise says which input
-changed. Digests are SHA-256 over file bytes (files are written deterministically, see `tda.io`), so
-hashing costs milliseconds per seed.
+data; checkpoints <- the subset tensors, the experiment's constants, the seed and the training code;
+scores <- the seed's checkpoints, the subsets, the method, its settings and its code; results <- the
+score files. The code is a digest per repository module the computation runs (`tda.codehash`: parsed
+code, comments and docstrings not counted), the torch version, which path computed (the CNN C
+kernels, the kernels on torch's ops, vmapped members, plain torch.func; CUDA or the CPU) and, where
+the C kernels ran, their source. A step keeps an artefact only when the inputs it recorded equal what
+is on disk now, and otherwise says which input changed. Digests are SHA-256 over file bytes (files are
+written deterministically, see `tda.io`), so hashing costs milliseconds per seed.
 """
 from __future__ import annotations
 
@@ -18,11 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import codehash
 from .config import ExperimentConfig, TDAError
-
-#: bump when the training protocol's maths change, so existing checkpoints are retrained
-TRAINING_VERSION = 1
-_READ_CHUNK = 1 << 20
+from .kernels import native
 
 
 def file_digest(path: Path) -> str:
@@ -73,16 +74,40 @@ def subset_inputs(cfg: ExperimentConfig) -> dict:
     return {"training subset": file_digest(cfg.train_subset_pt), "test subset": file_digest(cfg.test_subset_pt)}
 
 
-def checkpoint_inputs(cfg: ExperimentConfig, seed: int, backend_facts: dict, subsets: dict | None = None) -> dict:
+def code_facts(modules: list[str], path: str) -> dict:
+    """The code of a computation: digests of the repository modules `modules` run (through their imports), the torch
+    version, the path that computes (e.g. 'C kernels', 'torch.func on cuda') and, where the C kernels run, their source."""
+    facts = {"modules": codehash.code_digests(modules), "torch": str(torch.__version__), "path": path}
+    if path.startswith("C kernels"):
+        facts["C source"] = codehash.c_digest(native.SOURCE.read_text())
+    return facts
+
+
+def checkpoint_inputs(cfg: ExperimentConfig, seed: int, backend_facts: dict, subsets: dict | None = None,
+                      code: dict | None = None) -> dict:
     """What a seed's checkpoints are computed from: subsets, constants, seed, model family facts, training code."""
     return {**(subsets or subset_inputs(cfg)), "config": config_digest(cfg), "seed": seed, "model": backend_facts,
-            "training code": TRAINING_VERSION}
+            "code": code or {}}
 
 
-def score_inputs(cfg: ExperimentConfig, seed: int, method: str, settings: dict, subsets: dict | None = None) -> dict:
-    """What a seed's scores are computed from: its checkpoints, the subsets, the method and its settings."""
+def score_inputs(cfg: ExperimentConfig, seed: int, method: str, settings: dict, subsets: dict | None = None,
+                 code: dict | None = None) -> dict:
+    """What a seed's scores are computed from: its checkpoints, the subsets, the method, its settings and its code."""
     return {"checkpoint": [file_digest(cfg.ckpt_path(seed, e)) for e in cfg.ckpt_epochs],
-            **(subsets or subset_inputs(cfg)), "config": config_digest(cfg), "method": method, "settings": settings}
+            **(subsets or subset_inputs(cfg)), "config": config_digest(cfg), "method": method, "settings": settings,
+            "code": code or {}}
+
+
+def _code_change(recorded: Any, current: dict) -> str:
+    """What differs between two records of code, in a few words (the first file, the torch version or the path)."""
+    if not isinstance(recorded, dict) or "modules" not in recorded:
+        return "code changed (no record of the code)"
+    if recorded.get("modules") != current.get("modules"):
+        return f"code changed ({codehash.first_difference(recorded.get('modules', {}), current.get('modules', {}))})"
+    for key in ("torch", "path"):
+        if recorded.get(key) != current.get(key):
+            return f"code changed ({key} {recorded.get(key)} -> {current.get(key)})"
+    return f"code changed ({native.SOURCE.relative_to(codehash.REPO)})"
 
 
 def changed(recorded: dict | None, current: dict) -> str | None:
@@ -91,6 +116,8 @@ def changed(recorded: dict | None, current: dict) -> str | None:
         return "no record of its inputs"
     for key, value in current.items():
         if recorded.get(key) != value:
+            if key == "code":
+                return _code_change(recorded.get(key), value)
             if key == "settings" and isinstance(value, dict) and isinstance(recorded.get(key), dict):
                 diff = [f"{k} {recorded[key].get(k)!r} -> {v!r}" for k, v in value.items() if recorded[key].get(k) != v]
                 return f"settings changed ({', '.join(diff)})"

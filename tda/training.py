@@ -68,6 +68,11 @@ def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, 
     return ckpts
 
 
+def training_code(backend: Backend, device: torch.device | str) -> dict:
+    """The code checkpoints come from: this training loop and the model family's module (with all they import)."""
+    return provenance.code_facts(["tda.training", type(backend).__module__], f"torch.optim on {torch.device(device).type}")
+
+
 def _row(seed: int, ckpt: dict, skipped: bool) -> dict:
     return {"seed": seed, "skipped": skipped, "test_accuracy": ckpt["test_accuracy"],
             "checkpoint": {k: v for k, v in ckpt.items() if k not in ("state_dict", "provenance")}}
@@ -137,7 +142,8 @@ def train_seeds(cfg: ExperimentConfig, seeds: list[int], device: str | torch.dev
     for seed in seeds:
         io.sweep(cfg.seed_dir(seed))  # temp files of a killed run
     subsets = provenance.subset_inputs(cfg)
-    inputs = {s: provenance.checkpoint_inputs(cfg, s, backend.provenance(), subsets) for s in seeds}
+    code = training_code(backend, device)
+    inputs = {s: provenance.checkpoint_inputs(cfg, s, backend.provenance(), subsets, code) for s in seeds}
     data: list = []
 
     def is_done(seed: int) -> dict | None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import io
 from .config import DEFAULT_VIT, ExperimentConfig, TDAError
+from .ranges import POSITIVE_INT, ranged
 
 MODEL_ENV = "TDA_VIT_MODEL"
 DEFAULT_MEAN_STD = (0.5, 0.5)  # ViTImageProcessor's defaults, used when a model has no preprocessor config
@@ -154,7 +155,8 @@ def _main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tda.vit", description=__doc__.splitlines()[0])
     p.add_argument("--make_tiny", metavar="DIR", required=True,
                    help="write a tiny random ViT (2 layers, hidden 32, image 32, patch 8) to DIR")
-    p.add_argument("--layers", type=int, default=2, help="encoder layers of the tiny ViT (default: %(default)s)")
+    p.add_argument("--layers", type=ranged(int, POSITIVE_INT), default=2,
+                   help="encoder layers of the tiny ViT (default: %(default)s)")
     args = p.parse_args(argv)
     path = make_tiny(args.make_tiny, num_layers=args.layers)
     print(f"wrote a tiny ViT to {path}/: try it with {MODEL_ENV}={path} bash run_experiment.sh vit_digits3_10pc")

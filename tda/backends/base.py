@@ -52,6 +52,7 @@ class Backend(ABC):
         self.cfg = cfg
         self._skeletons: dict[str, nn.Module] = {}
         self._reference_seed: int | None = None
+        self._model_type: type | None = None
 
     # ---- initialisation and data order
     @abstractmethod
@@ -130,6 +131,14 @@ class Backend(ABC):
         """What, besides the data, constants and seed, a checkpoint depends on (in a variant, also its reference seed)."""
         facts = {"family": type(self).__name__}
         return {**facts, "reference seed": self.reference_seed()} if self.cfg.variant else facts
+
+    def model_type(self) -> type:
+        """The class of this family's model (what decides whether the CNN kernels compute it), built once under a
+        forked generator when a family does not name it."""
+        if self._model_type is None:
+            with torch.random.fork_rng(devices=[]):
+                self._model_type = type(self.build())
+        return self._model_type
 
     def describe(self) -> str:
         """The model family in an error message."""

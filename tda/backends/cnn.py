@@ -14,3 +14,6 @@ class CNNBackend(Backend):
 
     def build(self) -> nn.Module:
         return ARCHITECTURES[self.cfg.model](self.cfg.spec.channels, self.cfg.num_labels)
+
+    def model_type(self) -> type:
+        return ARCHITECTURES[self.cfg.model]

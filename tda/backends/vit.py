@@ -106,6 +106,10 @@ class ViTBackend(Backend):
     def build(self) -> nn.Module:
         return build_model(self.cfg, self.name_or_path)
 
+    def model_type(self) -> type:
+        from peft import PeftModel
+        return PeftModel  # without loading the pretrained weights
+
     def lr_schedule(self, total_steps: int) -> Callable[[int], float]:
         return lambda step: decay_factor(step, total_steps)
 

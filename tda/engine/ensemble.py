@@ -175,10 +175,9 @@ def one_step_losses(model: nn.Module, params: Params, frozen: Params, x_train: t
     All N steps follow from the per-sample gradients; the functional Adam step itself is applied to the
     stacked gradients, so the rounding is torch.optim.Adam's. `member_chunk` models are evaluated at once.
     """
-    with torch.no_grad():
-        base = per_sample_losses(model, params, frozen, x_test, y_test)
+    # theta's own losses through the same path as its perturbed members
+    out = [member_losses(model, stack(params, 1), frozen, x_test, y_test, eval_chunk, vectorized)]
     g = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
-    out = [base.unsqueeze(0)]
     for j in range(0, len(g), member_chunk):
         members = stack(params, len(g[j:j + member_chunk]))
         adam_step(members, unflatten(g[j:j + member_chunk], params), adam_init(members), lr, weight_decay, betas, eps)

@@ -37,9 +37,21 @@ def free_bytes(device: torch.device | str) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+#: set by the seed workers: how many processes share this process's device (and its free memory)
+SHARE_ENV = "TDA_DEVICE_SHARE"
+
+
+def device_share() -> int:
+    """How many processes share this device's free memory (1 outside the seed workers)."""
+    try:
+        return max(1, int(os.environ.get(SHARE_ENV, "1")))
+    except ValueError:
+        return 1
+
+
 def budget_bytes(device: torch.device | str, safety: float = SAFETY) -> int:
-    """The memory an ensemble may use on `device`."""
-    return int(free_bytes(device) * safety)
+    """The memory an ensemble may use on `device`: this process's share of a safety fraction of its free memory."""
+    return int(free_bytes(device) * safety / device_share())
 
 
 def member_bytes(n_params: int, element_size: int, activation_bytes: int, training: bool) -> int:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.functional import Params, flatten, unflatten
+from ..engine.memory import budget_bytes
 from . import blocks as B
 from . import forward as K
 from .blocks import Workspace
@@ -113,12 +114,26 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
     return out
 
 
+def tangent_bytes(spec: CNNSpec, element_size: int) -> int:
+    """Bytes `hvp` holds per vector and per sample for its tangents: each block's tangent pre-activations on the
+    whole grid (and their gradient) and, past the first block, the tangent im2col (and its gradient)."""
+    per = 0
+    for li, c in enumerate(spec.convs):
+        grid = 4 * c.hp * c.wp
+        per += 3 * grid * c.c_out + (2 * grid * c.k * c.k * c.c_in if li else 0)
+    per += sum(3 * n_out for _, _, n_out in spec.fcs)
+    return per * element_size
+
+
 def model_hvp(spec: CNNSpec, params: Params, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor,
-              data_chunk: int | None = None, vec_chunk: int = 64) -> torch.Tensor:
+              data_chunk: int | None = None, vec_chunk: int = 64, budget: int | None = None) -> torch.Tensor:
     """`hvp` for vectors [R, P] in the model's `functional.flatten` order: the mean over the data accumulated
-    `data_chunk` samples at a time, `vec_chunk` vectors at a time."""
+    `data_chunk` samples at a time, at most `vec_chunk` vectors at a time, fewer where their tangents would not
+    fit in `budget` bytes (default: this process's share of free memory)."""
     n = len(x)
     data_chunk = data_chunk or n
+    budget = budget_bytes(x.device) if budget is None else budget
+    vec_chunk = max(1, min(vec_chunk, budget // max(1, min(data_chunk, n) * tangent_bytes(spec, x.element_size()))))
     flat, out = to_kernel(spec, params), torch.zeros_like(vectors)
     for r in range(0, len(vectors), vec_chunk):
         v = to_kernel(spec, unflatten(vectors[r:r + vec_chunk], params))

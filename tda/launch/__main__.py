@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import cli
 from ..config import TASKS, TDAError
+from ..ranges import POSITIVE, POSITIVE_INT, ranged
 from ..seeds import load_seeds
 from .plan import Job, plan, steps
 from .sbatch import RESOURCES, SlurmOptions, resource_values, submit
@@ -47,12 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per task (as --gres=gpu:N); without STEP= for training and the TDA methods only")
     p.add_argument("--data-root", action="append", default=[], metavar="[TASK=]DIR",
                    help="--data_root of the subsets jobs: where the compute nodes find the source dataset")
-    p.add_argument("--throttle", type=int, metavar="K", help="run at most K tasks of each array at once (%%K)")
+    p.add_argument("--throttle", type=ranged(int, POSITIVE_INT), metavar="K", help="run at most K tasks of each array at once (%%K)")
     p.add_argument("--slurm-args", default="", metavar='"ARGS"', help="more sbatch arguments, passed verbatim")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch commands (and write the job scripts), "
                    "submit nothing")
     p.add_argument("--wait", action="store_true", help="block until every job ended; exit 1 if any task failed")
-    p.add_argument("--poll", type=float, default=30.0, metavar="SECONDS", help="squeue interval of --wait (default: %(default)g)")
+    p.add_argument("--poll", type=ranged(float, POSITIVE), default=30.0, metavar="SECONDS",
+                   help="squeue interval of --wait (default: %(default)g)")
     return p
 
 

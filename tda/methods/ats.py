@@ -9,6 +9,7 @@ from torch import nn
 from ..dispatch import one_step_losses
 from ..engine.adam import BETAS, EPS
 from ..engine.functional import Params
+from ..ranges import POSITIVE_INT
 from .base import Checkpoint, Method, Scores, SeedData, option, register
 
 
@@ -39,7 +40,7 @@ class ATS(Method):
     sign = -1
 
     chunk: int | None = option(None, "perturbed models evaluated at once (default: as many as free memory allows)",
-                               type=int)
+                               type=int, range=POSITIVE_INT)
 
     def settings(self, data: SeedData) -> dict:
         return {**super().settings(data), "chunk": self.chunk or 0, "lr": data.cfg.lr,

@@ -17,14 +17,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backends import Backend
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, TDAError
 from ..engine.ensemble import use_vmap
 from ..engine.functional import Params, split_params
+from ..ranges import Range
 
 
-def option(default: Any, help: str, type: type | None = None, choices: list | tuple | None = None):  # noqa: A002
-    """A method option: a dataclass field that is also the command-line flag `--<name>`."""
-    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+def option(default: Any, help: str, type: type | None = None, choices: list | tuple | None = None,  # noqa: A002
+           range: Range | None = None):  # noqa: A002
+    """A method option: a dataclass field that is also the command-line flag `--<name>`; a numeric option declares
+    its `range`, checked when the flag is parsed and when the method is made in Python."""
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices, "range": range})
 
 
 @dataclass
@@ -110,15 +113,27 @@ class Method:
     #: options that change the scores (not e.g. chunk sizes): a score file computed with others is recomputed
     key_options: ClassVar[tuple[str, ...]] = ()
 
+    def __post_init__(self) -> None:
+        """Every option within its declared range and choices (a one-line TDAError otherwise)."""
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta.get("range") is not None:
+                meta["range"].check(f"{type(self).__name__} option {f.name}", value)
+            if meta.get("choices") is not None and value is not None and value not in meta["choices"]:
+                raise TDAError(f"{type(self).__name__} option {f.name} must be one of "
+                               f"{', '.join(map(str, meta['choices']))}, got {value!r}")
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per option, with its default and help (which shows the default unless it explains it)."""
+        """One flag per option, with its default (unless its help explains it), range and help."""
         for f in dataclasses.fields(cls):
             meta = f.metadata
             shown = f.default is None or "default" in meta.get("help", "")
             kw = {"default": f.default, "help": meta.get("help", "") + ("" if shown else " (default: %(default)s)")}
             if meta.get("type") is not None:
-                kw["type"] = meta["type"]
+                kw["type"] = meta["type"] if meta.get("range") is None else meta["range"].parser(meta["type"])
+                if meta.get("range") is not None:
+                    kw["help"] += f" ({meta['range'].describe()})"
             if meta.get("choices") is not None:
                 kw["choices"] = meta["choices"]
             parser.add_argument(f"--{f.name}", **kw)

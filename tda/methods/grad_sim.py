@@ -8,6 +8,7 @@ from torch import nn
 
 from ..dispatch import sample_grads
 from ..engine.functional import Params
+from ..ranges import POSITIVE_INT
 from .base import Checkpoint, Method, Scores, option, register
 
 
@@ -37,7 +38,7 @@ class GradSim(Method):
     outputs = {"gd": "GD", "gc": "GC"}
     script = "run_gd_and_gc.py"
 
-    chunk: int = option(256, "per-sample gradients computed at once", type=int)
+    chunk: int = option(256, "per-sample gradients computed at once", type=int, range=POSITIVE_INT)
 
     def score(self, ck: Checkpoint) -> Scores:
         gd, gc = grad_dot_and_cos(*ck.tensors(), grad_chunk=self.chunk)

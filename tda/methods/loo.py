@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from ..backends import Backend
 from ..config import TDAError
-from ..dispatch import ensemble_losses, train_ensemble
-from ..engine.ensemble import LR, removal_weights
-from ..engine.functional import Params, per_sample_losses, split_params
+from ..dispatch import ensemble_losses, member_losses, train_ensemble
+from ..engine.ensemble import LR, removal_weights, stack
+from ..engine.functional import Params, split_params
+from ..ranges import POSITIVE_INT
 from .base import Method, Scores, SeedData, option, register
 
 PROTOCOLS = ("paper", "continue", "paired", "scratch")
@@ -50,9 +51,9 @@ def loo_continue(model: nn.Module, params: Params, frozen: Params, x_train: torc
                             vectorize=vectorize)[0]
     if paired:
         return losses[1:] - losses[:1]
-    with torch.no_grad():
-        base = per_sample_losses(model, params, frozen, x_test, y_test)
-    return losses - base.unsqueeze(0)
+    # the baseline through the same path as the members, so tau holds no difference of summation order
+    base = member_losses(model, stack(params, 1), frozen, x_test, y_test, eval_chunk, vectorize)
+    return losses - base
 
 
 def loo_scratch(model: nn.Module, params0: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -99,7 +100,7 @@ class LOO(Method):
                                   "continue plus a control member as baseline; scratch: train full and LOO models "
                                   "side by side from the initialisation (ViT default)", choices=PROTOCOLS)
     chunk: int | None = option(None, "train at most this many LOO models at once (default: as many as free memory "
-                               "allows)", type=int)
+                               "allows)", type=int, range=POSITIVE_INT)
 
     def resolved(self, backend: Backend) -> str:
         """The protocol asked for, or the family's default; `paper` only where we reproduce the paper's LOO."""
@@ -142,8 +143,8 @@ class LOO(Method):
             diffs = []
             for ck, c_loss in zip(data.checkpoints, control):
                 m, p, f = data.model_at(ck)
-                with torch.no_grad():
-                    diffs.append(float((per_sample_losses(m, p, f, data.x_test, data.y_test) - c_loss).abs().max()))
+                saved = member_losses(m, stack(p, 1), f, data.x_test, data.y_test)[0]
+                diffs.append(float((saved - c_loss).abs().max()))
             ok = max(diffs) <= CONTROL_TOLERANCE
             if not ok:  # e.g. non-deterministic CUDA kernels: LOO then describes another model than the others
                 tqdm.write(f"warning: {cfg.name} seed {data.seed}: the scratch control member's test losses differ "

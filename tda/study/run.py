@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .. import cli, provenance
 from ..config import TDAError, repo_root
+from ..ranges import POSITIVE_INT, Range, ranged
 from ..results.outputs import Outputs, write_figure
 from ..results.summary import write_summary
 from . import analysis, figures, report
@@ -137,14 +138,14 @@ def main(argv: list[str] | None = None) -> Path:
                    f"class: a smoke test in about 7 min (for tests only, {TINY_ENV}=1 shrinks it to a tiny grid)")
     p.add_argument("--root", default=None, help="the study's own TDA_ROOT (default: <out>/work)")
     p.add_argument("--out", default=None, help="where the report goes (default: results/study[/quick])")
-    p.add_argument("--workers", type=int, default=None, help="seeds in parallel per step (default: one per core)")
+    p.add_argument("--workers", type=ranged(int, POSITIVE_INT), default=None, help="seeds in parallel per step (default: one per core)")
     p.add_argument("--tasks", nargs="+", default=None, help="tasks (default: digits3 fmnist3; --quick: digits3)")
-    p.add_argument("--protocol_n", nargs="+", type=int, default=None, help="n per class where LOO protocols and IF "
+    p.add_argument("--protocol_n", nargs="+", type=ranged(int, POSITIVE_INT), default=None, help="n per class where LOO protocols and IF "
                    "solvers are compared (default: 10)")
-    p.add_argument("--decomposition_n", nargs="+", type=int, default=None,
+    p.add_argument("--decomposition_n", nargs="+", type=ranged(int, POSITIVE_INT), default=None,
                    help="n per class of the noise decomposition (default: 20; add 50 if time allows)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per ensemble (default 10, --quick 4)")
-    p.add_argument("--test_size", type=int, default=None, help="test samples per task (default 15, --quick 6)")
+    p.add_argument("--seeds", type=ranged(int, Range(ge=2)), default=None, help="seeds per ensemble (default 10, --quick 4)")
+    p.add_argument("--test_size", type=ranged(int, POSITIVE_INT), default=None, help="test samples per task (default 15, --quick 6)")
     p.add_argument("--analysis_only", action="store_true", help="only rewrite the tables, figures and report")
     p.add_argument("--dry_run", action="store_true", help="print the steps and the estimated cost, run nothing")
     args = p.parse_args(argv)
