@@ -99,7 +99,6 @@ def test_sbatch_lines_carry_resources_overrides_throttle_and_passthrough(tmp_pat
 
 
 @pytest.mark.parametrize("argv,msg", [
-    ([EXP, "--throttle", "0"], "--throttle must be >= 1"),
     ([EXP, "--dry-run", "--wait"], "nothing to --wait for"),
     ([EXP, "--slurm-args", "--qos='x"], "--slurm-args"),
     ([EXP, "--mem", "gpu=4G"], "unknown step 'gpu'"),
