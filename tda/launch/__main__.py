@@ -69,8 +69,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, SlurmOptions, tuple
         if argv[i] == "--slurm-args":
             argv[i:i + 2] = [f"--slurm-args={argv[i + 1]}"]
     args = build_parser().parse_intermixed_args(argv)
-    if args.poll <= 0:
-        raise TDAError(f"--poll must be > 0 seconds, got {args.poll}")
     if args.dry_run and args.wait:
         raise TDAError("--dry-run submits nothing, so there is nothing to --wait for: choose one")
     try:
