@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -28,6 +29,16 @@ def require_dattri() -> None:
         if os.environ.get("TDA_REQUIRE_DATTRI") == "1":
             pytest.fail("dattri is not installed and TDA_REQUIRE_DATTRI=1: pip install -r req-extra.txt")
         pytest.skip("dattri (the optional extra, req-extra.txt) is not installed")
+
+
+def test_a_missing_dattri_skips_here_and_fails_where_it_is_required(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dattri", None)  # `import dattri` raises ImportError
+    monkeypatch.delenv("TDA_REQUIRE_DATTRI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_dattri()
+    monkeypatch.setenv("TDA_REQUIRE_DATTRI", "1")
+    with pytest.raises(pytest.fail.Exception, match="TDA_REQUIRE_DATTRI=1"):
+        require_dattri()
 
 
 @pytest.fixture(scope="module")
