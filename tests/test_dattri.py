@@ -258,3 +258,30 @@ def test_seeds_in_parallel_and_a_failing_seed_does_not_stop_the_other(root, tmp_
     computed = torch.load(cfg.scores_path("dattri_trak", good), weights_only=True)["scores"]
     for c, epoch in enumerate(cfg.ckpt_epochs):
         assert_close(computed[c], trak_formula(float64_model(copy, good, epoch), x_tr, y_tr, x_te, y_te, 3, 0.0), 1e-3)
+
+
+# ---------------------------------------------------------------- the docs' correlation script
+def test_the_docs_correlation_script_is_right(root, monkeypatch, capsys):
+    """docs/own_data.md's script, on the tiny experiment with Grad-Dot only: its Pearson and Spearman of mu equal
+    numpy's and scipy's on the seeds' mean over the last 5 checkpoints."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import numpy as np
+    from scipy.stats import spearmanr
+    monkeypatch.setenv("TDA_ROOT", str(root))
+    script("run_dattri").main([*ARGS, "--method", "trak"])
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "own_data.md").read_text()
+    block = [b for b in re.findall(r"^```python\n(.*?)^```", doc, flags=re.S | re.M)
+             if b.startswith("# correlate dattri's TRAK")]
+    assert len(block) == 1
+    code = block[0].replace('"cnn_digits3_10pc"', f'"{EXP}"').replace('"dattri_trak", "loo", "if", "gd"',
+                                                                     '"dattri_trak", "gd"')
+    assert code.count(EXP) == 1 and '"loo"' not in code
+    exec(compile(code, "own_data.md", "exec"), {})
+    printed = dict(line.split(" ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    mu = {o: torch.stack([saved(root, o, s)["scores"][-5:].double().mean(0) for s in SEEDS]).mean(0).flatten().numpy()
+          for o in ("dattri_trak", "gd")}
+    assert ast.literal_eval(printed["pearson"])["GD"] == round(float(np.corrcoef(mu["dattri_trak"], mu["gd"])[0, 1]), 3)
+    assert ast.literal_eval(printed["spearman"])["GD"] == round(float(spearmanr(mu["dattri_trak"], mu["gd"])[0]), 3)
