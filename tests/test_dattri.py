@@ -283,5 +283,6 @@ def test_the_docs_correlation_script_is_right(root, monkeypatch, capsys):
     printed = dict(line.split(" ", 1) for line in capsys.readouterr().out.strip().splitlines())
     mu = {o: torch.stack([saved(root, o, s)["scores"][-5:].double().mean(0) for s in SEEDS]).mean(0).flatten().numpy()
           for o in ("dattri_trak", "gd")}
-    assert ast.literal_eval(printed["pearson"])["GD"] == round(float(np.corrcoef(mu["dattri_trak"], mu["gd"])[0, 1]), 3)
-    assert ast.literal_eval(printed["spearman"])["GD"] == round(float(spearmanr(mu["dattri_trak"], mu["gd"])[0]), 3)
+    pearson, spearman = np.corrcoef(mu["dattri_trak"], mu["gd"])[0, 1], spearmanr(mu["dattri_trak"], mu["gd"])[0]
+    assert abs(ast.literal_eval(printed["pearson"])["GD"] - pearson) <= 5e-4 + 1e-9  # printed to 3 decimals
+    assert abs(ast.literal_eval(printed["spearman"])["GD"] - spearman) <= 5e-4 + 1e-9
