@@ -1,111 +1,56 @@
-"""dattri's TRAK or TracIn on every seed and checkpoint of an experiment, stored like our scores and tested like them.
+"""dattri's TRAK or TracIn on every seed and checkpoint of an experiment, stored and tested like our scores.
 
 An extra (`pip install -r req-extra.txt`): writes tda_scores/<experiment>/dattri_<method>/<seed>.pt, each
 {scores [5, N, M], ckpt_epochs, train_indices, test_indices, settings, provenance}, one dattri attribution
-per checkpoint (a single-model TRAK, or TracIn with the learning rate as weight); then
+per checkpoint: a single-model TRAK (TRAK's margin, projected to --proj_dim, default N // 2 so that its
+kernel is invertible, ridge --ridge), or TracIn with the learning rate as weight. Then
 `python run_pvalues.py --experiment E --scores tda_scores/E/dattri_<method> --method_name dattri_<method>`
 puts it on the p-value table beside our methods.
 """
 from __future__ import annotations
 
-import functools
-import time
-
-import torch
-import torch.nn.functional as F
-from torch.func import functional_call
-from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
-
-from tda import cli, io, provenance
-from tda.attribution import load_seed_data
+from tda import cli
+from tda.attribution import run_method, summary_lines
 from tda.config import TDAError
-from tda.locking import claim, lock_path
-from tda.engine.functional import output_logits
-
-
-def dattri_version() -> str:
-    """dattri's version, or a one-line error saying how to install it."""
-    try:
-        from importlib.metadata import version
-        import dattri  # noqa: F401
-        return version("dattri")
-    except ImportError:
-        raise TDAError("dattri is not installed: `pip install -r req-extra.txt` (it is an optional extra)")
-
-
-def checkpoint_scores(method: str, model: torch.nn.Module, state: dict, load, x_train, y_train, x_test, y_test,
-                      lr: float, proj_dim: int, device: torch.device) -> torch.Tensor:
-    """dattri's attribution [N, M] at one checkpoint: TRAK (one model) or TracIn (weight = learning rate)."""
-    from dattri.algorithm import tracin, trak
-    from dattri.algorithm.tracin import TracInAttributor
-    from dattri.algorithm.trak import TRAKAttributor
-    from dattri.task import AttributionTask
-    for module in (tracin, trak):  # one progress bar per batch and checkpoint: silenced
-        if hasattr(module, "tqdm"):
-            module.tqdm = functools.partial(tqdm, disable=True)
-
-    def loss(params, sample):
-        image, label = sample
-        return F.cross_entropy(output_logits(functional_call(model, params, image.unsqueeze(0))), label.unsqueeze(0))
-
-    def correct_probability(params, sample):
-        return torch.exp(-loss(params, sample))
-
-    task = AttributionTask(loss_func=loss, model=model, checkpoints=state, checkpoints_load_func=load)
-    train = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=False)
-    test = DataLoader(TensorDataset(x_test, y_test), batch_size=64, shuffle=False)
-    projection = {"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": 0, "device": str(device)}
-    if method == "trak":
-        attributor = TRAKAttributor(task=task, correct_probability_func=correct_probability,
-                                    projector_kwargs=projection, device=str(device))
-        attributor.cache(train)
-        return attributor.attribute(test).detach().cpu()
-    attributor = TracInAttributor(task=task, weight_list=torch.tensor([lr]), normalized_grad=False,
-                                  projector_kwargs=projection, device=str(device))
-    return attributor.attribute(train, test).detach().cpu()
+from tda.dattri_methods import MAX_PROJ_DIM, METHODS, check_trak, dattri_version, default_proj_dim
+from tda.workers import raise_failed_rows
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_experiment_args(p)
-    p.add_argument("--method", required=True, choices=["trak", "tracin"], help="dattri's TRAK or TracIn")
-    p.add_argument("--proj_dim", type=int, default=512, help="dimension of dattri's random gradient projection")
+    p.add_argument("--method", required=True, choices=list(METHODS), help="dattri's TRAK or TracIn")
+    p.add_argument("--proj_dim", type=int, default=None,
+                   help=f"dimension of dattri's random gradient projection (default: TRAK N // 2 training samples, "
+                        f"at most {MAX_PROJ_DIM}; TracIn {MAX_PROJ_DIM}); TRAK needs it below N unless --ridge > 0")
+    p.add_argument("--ridge", type=float, default=0.0,
+                   help="TRAK only: lambda of (Phi^T Phi + lambda I) as a fraction of the kernel's mean eigenvalue "
+                        "(default 0, TRAK's own)")
+    p.add_argument("--proj_seed", type=int, default=0, help="seed of the random projection (default 0)")
     args = p.parse_args(argv)
-    version = dattri_version()
     cfg, seeds = cli.experiment_and_seeds(args)
     if cfg.model == "vit":
         raise TDAError("run_dattri.py takes the CNN-like families (cnn, cnn3l and models of your own), not the ViT")
+    if args.method == "trak":
+        proj_dim = default_proj_dim(cfg.n_train) if args.proj_dim is None else args.proj_dim
+        check_trak(proj_dim, args.ridge, cfg.n_train)
+        method = METHODS["trak"](proj_dim=proj_dim, proj_seed=args.proj_seed, ridge=args.ridge)
+    else:
+        if args.ridge != 0:
+            raise TDAError("--ridge is TRAK's: TracIn inverts no kernel")
+        proj_dim = MAX_PROJ_DIM if args.proj_dim is None else args.proj_dim
+        if proj_dim < 1:
+            raise TDAError(f"--proj_dim must be >= 1, got {proj_dim}")
+        method = METHODS["tracin"](proj_dim=proj_dim, proj_seed=args.proj_seed)
+    dattri_version()
     device = cli.resolve_device(args.device)
-    output = f"dattri_{args.method}"
-    settings = {"method": output, "dattri": version, "proj_dim": args.proj_dim}
-    lines = []
-    for seed in seeds:
-        with claim(lock_path(cfg.scores_dir, f"{output}_{seed}")):
-            inputs = provenance.score_inputs(cfg, seed, output, settings) if all(
-                cfg.ckpt_path(seed, e).exists() for e in cfg.ckpt_epochs) else None
-            path = cfg.scores_path(output, seed)
-            if inputs is not None and not args.overwrite and path.exists() and provenance.changed(
-                    io.load_scores(cfg, output, seed).get("provenance"), inputs) is None:
-                lines.append(f"seed {seed}: already done, kept")
-                continue
-            d = load_seed_data(cfg, seed, device, progress=False)
-            t0 = time.perf_counter()
-
-            def load(model, state):
-                d.backend.load_state(model, state)
-                return model.eval()
-
-            per_ckpt = [checkpoint_scores(args.method, d.backend.load(ck, device), ck["state_dict"], load, d.x_train,
-                                          d.y_train, d.x_test, d.y_test, cfg.lr, args.proj_dim, device)
-                        for ck in d.checkpoints]
-            seconds = time.perf_counter() - t0
-            io.save_scores(cfg, output, seed, torch.stack(per_ckpt), d.train_indices, d.test_indices,
-                           {**settings, "seconds": seconds}, inputs)
-            lines.append(f"seed {seed}: done in {seconds:.1f} s")
-    lines.append(f"scores in {cfg.scores_dir / output}/<seed>.pt; test them: python run_pvalues.py --experiment "
-                 f"{cfg.name} --scores {cfg.scores_dir / output} --method_name {output}")
+    rows = run_method(method, cfg, seeds, device, args.overwrite, workers=cli.workers(args, device), strict=False)
+    output = method.name
+    lines = summary_lines(cfg, method, rows)
+    lines.append(f"test them: python run_pvalues.py --experiment {cfg.name} --scores {cfg.scores_dir / output} "
+                 f"--method_name {output}")
     print("\n".join(lines))
+    raise_failed_rows(rows)
     return lines
 
 
