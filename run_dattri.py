@@ -12,6 +12,7 @@ from __future__ import annotations
 from tda import cli
 from tda.attribution import run_method, summary_lines
 from tda.config import TDAError
+from tda.ranges import NON_NEGATIVE, POSITIVE_INT, ranged
 from tda.dattri_methods import MAX_PROJ_DIM, METHODS, check_trak, dattri_version, default_proj_dim
 from tda.workers import raise_failed_rows
 
@@ -20,13 +21,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_experiment_args(p)
     p.add_argument("--method", required=True, choices=list(METHODS), help="dattri's TRAK or TracIn")
-    p.add_argument("--proj_dim", type=int, default=None,
+    p.add_argument("--proj_dim", type=ranged(int, POSITIVE_INT), default=None,
                    help=f"dimension of dattri's random gradient projection (default: TRAK N // 2 training samples, "
                         f"at most {MAX_PROJ_DIM}; TracIn {MAX_PROJ_DIM}); TRAK needs it below N unless --ridge > 0")
-    p.add_argument("--ridge", type=float, default=0.0,
+    p.add_argument("--ridge", type=ranged(float, NON_NEGATIVE), default=0.0,
                    help="TRAK only: lambda of (Phi^T Phi + lambda I) as a fraction of the kernel's mean eigenvalue "
                         "(default 0, TRAK's own)")
-    p.add_argument("--proj_seed", type=int, default=0, help="seed of the random projection (default 0)")
+    p.add_argument("--proj_seed", type=ranged(int, NON_NEGATIVE), default=0, help="seed of the random projection (default 0)")
     args = p.parse_args(argv)
     cfg, seeds = cli.experiment_and_seeds(args)
     if cfg.model == "vit":

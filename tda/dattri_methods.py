@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .config import TDAError
 from .engine.functional import output_logits
+from .ranges import NON_NEGATIVE, POSITIVE_INT
 from .methods.base import Checkpoint, Method, SeedData, option
 
 #: dattri's projection dimension for TracIn, and the cap of TRAK's default
@@ -147,7 +148,8 @@ def tracin_scores(model: nn.Module, load: Callable, x_train, y_train, x_test, y_
 class DattriMethod(Method):
     """dattri's attribution at each checkpoint, through the per-seed driver (not registered: run_dattri.py runs it)."""
 
-    proj_dim: int = option(MAX_PROJ_DIM, "dimension of dattri's random Gaussian gradient projection", int)
+    proj_dim: int = option(MAX_PROJ_DIM, "dimension of dattri's random Gaussian gradient projection", int,
+                           range=POSITIVE_INT)
     proj_seed: int = option(0, "seed of the projection (the same for every seed and checkpoint)", int)
     key_options: ClassVar[tuple[str, ...]] = ("proj_dim", "proj_seed")
 
@@ -171,7 +173,7 @@ class DattriTRAK(DattriMethod):
     name: ClassVar[str] = "dattri_trak"
     outputs: ClassVar[dict[str, str]] = {"dattri_trak": "DATTRI_TRAK"}
     ridge: float = option(0.0, "lambda of (Phi^T Phi + lambda I), as a fraction of the kernel's mean eigenvalue",
-                          float)
+                          float, range=NON_NEGATIVE)
     key_options: ClassVar[tuple[str, ...]] = ("proj_dim", "proj_seed", "ridge", "output")
     output: ClassVar[str] = "margin"
 

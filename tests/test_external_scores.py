@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import make_tiny_root, run_script, script
+from helpers import run_script, script
 from tda import io
 from tda.config import TDAError
 from tda.results.external import significance
