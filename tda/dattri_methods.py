@@ -53,11 +53,8 @@ def default_proj_dim(n_train: int) -> int:
 
 
 def check_trak(proj_dim: int, ridge: float, n_train: int) -> None:
-    """A one-line error for a TRAK configuration whose kernel Phi^T Phi + lambda I is singular or meaningless."""
-    if proj_dim < 1:
-        raise TDAError(f"--proj_dim must be >= 1, got {proj_dim}")
-    if not ridge >= 0 or ridge == float("inf"):
-        raise TDAError(f"--ridge must be a finite number >= 0, got {ridge}")
+    """A one-line error for a TRAK configuration whose kernel Phi^T Phi + lambda I is singular (the options' own
+    ranges are checked where they are parsed)."""
     if proj_dim >= n_train and ridge == 0:
         raise TDAError(f"--proj_dim {proj_dim} >= {n_train} training samples with --ridge 0: TRAK's kernel "
                        f"Phi^T Phi ({proj_dim} x {proj_dim}, rank <= {n_train}) is singular and its scores would be "
