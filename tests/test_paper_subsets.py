@@ -13,7 +13,7 @@ import torch
 
 from helpers import REPO, script
 from tda import io
-from tda.config import TDAError
+from tda.config import TDAError, get_task, parse_experiment
 from tda.paper_subsets import PAPER_DIR, install_paper_subsets, paper_num_per_class
 from test_foundation import write_idx
 
@@ -143,3 +143,21 @@ def test_paper_subsets_refuse_what_the_paper_did_not_publish(tmp_path, monkeypat
     with pytest.raises(TDAError, match="holds another index list"):
         install_paper_subsets("mnist3", tmp_path / "d")
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train_subset_20pc.txt"]
+
+
+def test_the_documented_grid_matches_the_tasks_and_the_lists(tmp_path, monkeypatch):
+    """docs/paper_grid.md's table: each row's epochs and test size are the task's, its sizes the published lists',
+    and its command names experiments of those sizes."""
+    monkeypatch.setenv("TDA_ROOT", str(tmp_path))
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| ([\d, ]+)[^|]*\| (\d+) \| (\d+) \| `bash run_experiment\.sh ([^`]*)` \|$",
+                      (REPO / "docs" / "paper_grid.md").read_text(), flags=re.M)
+    assert [(m, t) for m, t, *_ in rows] == [("cnn", "mnist3"), ("cnn", "cifar10"), ("vit", "mnist3"),
+                                              ("vit", "cifar10")]
+    for model, task, sizes, m, epochs, command in rows:
+        assert [int(n) for n in sizes.split(",")] == paper_num_per_class(task)
+        assert int(m) == len(paper(f"{task}/test_subset.txt")) == get_task(task).test_size
+        assert int(epochs) == get_task(task).epochs
+        names = command.split(" -- ")[0].split()
+        assert all(parse_experiment(e).model == model and parse_experiment(e).task == task for e in names)
+        if model == "cnn":  # the CNN rows run every published size
+            assert [parse_experiment(e).num_per_class for e in names] == paper_num_per_class(task)
