@@ -125,18 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     with shared_workers():  # worker processes started once, not once per step
         for job in jobs:
             args = local_argv(job)
-            shown = " ".join(args) if args[0] == "-m" else f"{args[0]} {' '.join(args[1:])}"
-            print(f"\n== {title(job)}: python {shown}" if job.step in ("summary", GRID_SUMMARY)
-                  else f"== {title(job)}: python {shown}", flush=True)
+            gap = "\n" if job.step in ("summary", GRID_SUMMARY) else ""  # a blank line before each summary
+            print(f"{gap}== {title(job)}: python {' '.join(args)}", flush=True)
             t0 = time.perf_counter()
             done = run_step(args)
-            if job.step == GRID_SUMMARY and isinstance(done, Path) and (done.parent / "mean_p_k.csv").exists():
-                table = pd.read_csv(done.parent / "mean_p_k.csv", index_col=0)
-                print(f"Mean z-test p-value at the largest K, methods x experiments:\n{table.round(4).to_string()}")
             if job.step == "summary":
                 print("Options the methods ran with (as their score files record them):", flush=True)
                 print("\n".join(recorded_options(by_name[job.label], choice)), flush=True)
-            elif job.step != GRID_SUMMARY:
+            elif job.step == GRID_SUMMARY:
+                table = Path(done).parent / "mean_p_k.csv"  # run_summary.py returns its report's path
+                if table.exists():
+                    print("Mean z-test p-value at the largest K, methods x experiments:\n"
+                          + pd.read_csv(table, index_col=0).round(4).to_string(), flush=True)
+            else:
                 print(f"   {title(job)} done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\npipeline wall time {time.perf_counter() - t_start:.0f} s", flush=True)
 

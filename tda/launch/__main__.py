@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .. import cli
 from ..config import TASKS, TDAError
-from ..methods import REGISTRY
 from ..ranges import POSITIVE, POSITIVE_INT, ranged
 from ..seeds import load_seeds
 from . import grid
