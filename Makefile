@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine (see README.md and docs/pipeline.md):
 #   make run [EXPERIMENT=cnn_digits3_10pc]   set up .venv, then the whole pipeline for all ten seeds
-#            [ARGS="--model_name_or_path DIR"]  extra arguments for the training script (see run_experiment.sh)
+#            [EXPERIMENT="E1 E2 ..."]          several experiments in turn, then one summary of them all
+#            [ARGS="--methods loo,if --loo.protocol scratch --device cpu -- --model_name_or_path DIR"]
+#                                             options of run_experiment.sh (see there), training arguments after --
 #   make test                                set up .venv, then the tests
 #   make study [ARGS=--quick]                set up .venv, then the study of docs/study.md (results/study/report.md)
 PYTHON ?= python3

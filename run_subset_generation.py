@@ -3,11 +3,13 @@
 With --hf_dataset, a task of your own from any image-classification dataset (a hub id in the local cache,
 a save_to_disk directory or an imagefolder directory; never downloaded), recorded in data/<task>/task.json;
 for mnist3, fmnist3 and cifar10 it reads their Hugging Face copy instead of the original files.
+With --paper_subsets, mnist3 and cifar10 take the index lists the paper published (data/paper_subsets/).
 """
 from tda import cli, hf_data, io
 from tda.config import TASKS, USER_NAME, ExperimentConfig, TaskSpec, TDAError, get_task, repo_root, task_file
 from tda.data import generate_subsets
 from tda.locking import claim, lock_path
+from tda.paper_subsets import install_paper_subsets, paper_lists
 from tda.ranges import NON_NEGATIVE, POSITIVE_INT, ranged
 
 DEFINING = ("hf_config", "image_column", "label_column", "classes", "test_per_class")
@@ -54,8 +56,13 @@ def main(argv=None):
     p.add_argument("--test_per_class", type=ranged(int, POSITIVE_INT), default=None,
                    help="test images per class of a new task (default 30), from the test split, or drawn from the "
                         "training split, disjointly, when there is none")
+    p.add_argument("--paper_subsets", action="store_true",
+                   help="mnist3, cifar10: copy the paper's published index lists (data/paper_subsets/<task>/) into "
+                        "data/<task>/ first, so that the subsets are exactly the paper's (default n: every list it "
+                        "published)")
     p.add_argument("--overwrite", action="store_true",
-                   help="rebuild the tensor files even if they are up to date (index lists are always kept)")
+                   help="rebuild the tensor files even if they are up to date (index lists are kept, except that "
+                        "--paper_subsets replaces one that differs from the paper's)")
     args = p.parse_args(argv)
     if args.test_per_class is not None and args.test_per_class < 1:
         raise TDAError(f"--test_per_class must be >= 1, got {args.test_per_class}")
@@ -77,12 +84,19 @@ def main(argv=None):
         raise TDAError(f"{given[0]} describes a dataset: pass it with --hf_dataset")
     else:
         spec = get_task(args.task)
-    nums = args.num_per_class or list(spec.default_num_per_class)
+    if args.paper_subsets and spec.source is not None:
+        raise TDAError(f"--paper_subsets: the paper published index lists for mnist3 and cifar10, not for a task of "
+                       f"your own ({spec.name})")
+    paper = paper_lists(spec.name, args.num_per_class) if args.paper_subsets else None
+    nums = paper or args.num_per_class or list(spec.default_num_per_class)
     cfg = ExperimentConfig(model="cnn", task=spec.name, num_per_class=nums[0], task_spec=spec)
     data_root = args.data_root or spec.default_data_root
     if spec.name in ("mnist3", "cifar10") and args.data_root is None:
         data_root = str(cfg.root / data_root)
     with claim(lock_path(cfg.data_dir, "subsets")):  # one process at a time per task
+        if paper is not None:
+            copied, same = install_paper_subsets(spec.name, cfg.data_dir, nums, args.overwrite)
+            print(f"the paper's index lists in {cfg.data_dir}/: {len(copied)} copied, {len(same)} already there")
         written, kept = generate_subsets(spec, nums, cfg.data_dir, data_root, args.overwrite, log=print, hf=hf)
         if spec.source is not None and not task_file(spec.name, root).exists():
             io.atomic_write_text(spec.to_json(), task_file(spec.name, root))

@@ -10,6 +10,10 @@ from pathlib import Path
 PAPER_SEEDS = (446, 724, 571, 296, 854, 968, 245, 374, 829, 470)
 SEEDS_FILE = "random_seeds.pt"
 MODELS = ("cnn", "cnn3l", "vit")
+#: the training entry point of each model family: a built-in family not listed trains with DEFAULT_TRAIN_SCRIPT, a
+#: family of models.json with the script its entry names, if any (docs/extending.md); both launchers call it
+DEFAULT_TRAIN_SCRIPT = "run_cnn_training.py"
+TRAIN_SCRIPTS = {"vit": "run_vit_finetuning.py"}
 N_CKPTS = 5
 SUBSET_GENERATION_SEED = 2023  # fixed so every machine draws the same subsets (docs/pipeline.md)
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
@@ -95,8 +99,12 @@ def get_task(name: str, root: Path | None = None) -> TaskSpec:
                    f"`python run_subset_generation.py --task {name} --hf_dataset ...`")
 
 
-def user_models(root: Path | None = None) -> dict[str, str]:
-    """Model families registered in <root>/models.json: model name -> `module:function` of its constructor."""
+def user_model_entries(root: Path | None = None) -> dict[str, dict[str, str]]:
+    """Model families registered in <root>/models.json: name -> {"factory": "module:function"[, "train_script": path]}.
+
+    An entry is either the factory string or an object with "factory" and, optionally, "train_script" (a training
+    entry point of the user's own, relative to the root unless absolute).
+    """
     path = (root or repo_root()) / MODELS_FILE
     if not path.exists():
         return {}
@@ -104,12 +112,28 @@ def user_models(root: Path | None = None) -> dict[str, str]:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise TDAError(f"cannot read the model registry {path} ({type(e).__name__}: {e}): fix or delete it")
-    bad = [k for k, v in d.items() if not USER_NAME.match(str(k)) or k in MODELS or not isinstance(v, str)
-           or v.count(":") != 1] if isinstance(d, dict) else ["<not a JSON object>"]
-    if bad:
-        raise TDAError(f"{path}: bad entry {bad[0]!r}: expected {{\"<name>\": \"module:function\"}} with names of "
-                       f"lowercase letters and digits other than {', '.join(MODELS)}; fix or delete it")
-    return dict(d)
+    if not isinstance(d, dict):
+        d = {"<not a JSON object>": None}
+    out = {}
+    for k, v in d.items():
+        entry = {"factory": v} if isinstance(v, str) else v
+        ok = (USER_NAME.match(str(k)) and k not in MODELS and isinstance(entry, dict) and set(entry) <= _ENTRY_KEYS
+              and isinstance(entry.get("factory"), str) and entry["factory"].count(":") == 1
+              and isinstance(entry.get("train_script", ""), str))
+        if not ok:
+            raise TDAError(f"{path}: bad entry {k!r}: expected {{\"<name>\": \"module:function\"}} or {{\"<name>\": "
+                           f"{{\"factory\": \"module:function\", \"train_script\": \"my_train.py\"}}}} with names of "
+                           f"lowercase letters and digits other than {', '.join(MODELS)}; fix or delete it")
+        out[k] = dict(entry)
+    return out
+
+
+_ENTRY_KEYS = {"factory", "train_script"}
+
+
+def user_models(root: Path | None = None) -> dict[str, str]:
+    """Model families registered in <root>/models.json: model name -> `module:function` of its constructor."""
+    return {k: v["factory"] for k, v in user_model_entries(root).items()}
 
 
 def model_names(root: Path | None = None) -> list[str]:
@@ -199,7 +223,13 @@ class ExperimentConfig:
 
     @property
     def train_script(self) -> str:
-        return "run_vit_finetuning.py" if self.model == "vit" else "run_cnn_training.py"
+        """The model family's training entry point: a script of the repository, or a path of the user's own."""
+        if self.model in MODELS:
+            return TRAIN_SCRIPTS.get(self.model, DEFAULT_TRAIN_SCRIPT)
+        own = user_model_entries(self.root).get(self.model, {}).get("train_script")
+        if not own:
+            return DEFAULT_TRAIN_SCRIPT
+        return str(Path(own) if Path(own).is_absolute() else (self.root / own).resolve())
 
 
 _NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<task>[a-z0-9]+)_(?P<n>\d+)pc(?:_(?P<variant>[a-z]+))?$")

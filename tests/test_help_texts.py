@@ -18,7 +18,7 @@ def test_pipeline_help_exits_zero_and_a_missing_experiment_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         pipeline.main(["--help"])
     assert e.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: python -m tda.pipeline EXPERIMENT [TRAINING_ARGS ...]")
+    assert capsys.readouterr().out.startswith("usage: python -m tda.pipeline EXPERIMENT [EXPERIMENT ...]")
     with pytest.raises(SystemExit) as e:
         pipeline.main([])
     err = capsys.readouterr().err

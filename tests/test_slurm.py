@@ -37,7 +37,7 @@ def test_plan_shares_subsets_per_task_and_chains_the_steps(tmp_path):
     assert [k for k in jobs if k.startswith("subsets")] == ["subsets_digits3", "subsets_fmnist3"]
     assert jobs["subsets_digits3"].argv[-3:] == ("--num_per_class", "10", "20")
     assert jobs["subsets_fmnist3"].argv[-3:] == ("10", "--data_root", "/data/fmnist")
-    assert len(jobs) == 2 + 3 * 8  # the repeated experiment is planned once
+    assert len(jobs) == 2 + 3 * 8 + 1  # the repeated experiment is planned once; then the grid's summary
     train = jobs["train_cnn_digits3_20pc"]
     assert (train.argv, train.n_tasks, train.after, train.gpu) == (
         ("run_cnn_training.py", "--experiment", "cnn_digits3_20pc", "--seed_id", SEED), 10, ("subsets_digits3",), True)
@@ -121,7 +121,7 @@ def test_dry_run_prints_a_runnable_sbatch_script(tmp_path, monkeypatch, capsys):
                  "--slurm-args", "--qos=high --exclude='n1,n2'"]) == 0
     lines = [s for s in capsys.readouterr().out.splitlines() if not s.startswith("#")]
     cmds = {s.split("=", 1)[0]: s for s in lines}
-    assert len(lines) == 1 + 2 * 8 and list(cmds)[0] == "subsets_digits3"
+    assert len(lines) == 1 + 2 * 8 + 1 and list(cmds)[0] == "subsets_digits3"  # + the grid's summary
     log = f"{tmp_path}/logs/{EXP}"
     assert cmds[f"loo_{EXP}"] == (
         f"loo_{EXP}=$(sbatch --parsable --job-name=loo-{EXP} --output={log}/loo_%a.out --error={log}/loo_%a.err "
@@ -139,7 +139,7 @@ def test_dry_run_prints_a_runnable_sbatch_script(tmp_path, monkeypatch, capsys):
     subprocess.run(["bash", "-ec", "\n".join(lines)], env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"},
                    check=True)
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert len(calls) == 17 and "--dependency=afterok:1 " in calls[1] and "--dependency=afterok:3:4:5:6 " in calls[6]
+    assert len(calls) == 18 and "--dependency=afterok:1 " in calls[1] and "--dependency=afterok:3:4:5:6 " in calls[6]
 
 
 def _launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -6,13 +6,14 @@ first use: `python -m tda.backends.custom` then runs that module fresh, not a se
 """
 from __future__ import annotations
 
-from ..config import MODELS, ExperimentConfig, TDAError, model_names, user_models
+from ..config import MODELS, TRAIN_SCRIPTS, ExperimentConfig, TDAError, model_names, user_models
 from .base import Backend, Batches, epoch_batches
 from .cnn import CNNBackend
 from .vit import ViTBackend
 
 REGISTRY: dict[str, type[Backend]] = {"cnn": CNNBackend, "cnn3l": CNNBackend, "vit": ViTBackend}
 assert set(REGISTRY) == set(MODELS), "config.MODELS and the backend registry must list the same model names"
+assert set(TRAIN_SCRIPTS) <= set(REGISTRY), "config.TRAIN_SCRIPTS names a model family the registry does not have"
 
 
 def get_backend(cfg: ExperimentConfig, **options) -> Backend:

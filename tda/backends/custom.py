@@ -2,9 +2,10 @@
 
 The constructor is registered by name in <root>/models.json as `module:function` and is called as
 `function(in_channels, image_size, num_classes)`; experiments `<name>_<task>_<n>pc` then train from
-scratch with the reference protocol (`run_cnn_training.py`) and every TDA method attributes over all
-parameters that require a gradient. Register one with
-`python -m tda.backends.custom --model NAME --model_factory module:function` (docs/own_data.md).
+scratch with the reference protocol (`run_cnn_training.py`, or a training script of the user's own that the
+entry names) and every TDA method attributes over all parameters that require a gradient. Register one with
+`python -m tda.backends.custom --model NAME --model_factory module:function [--train_script FILE]`
+(docs/own_data.md).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from torch import nn
 
 from .. import io, provenance
 from ..cli import parser, run
-from ..config import MODELS, MODELS_FILE, ExperimentConfig, TDAError, USER_NAME, repo_root, user_models
+from ..config import (DEFAULT_TRAIN_SCRIPT, MODELS, MODELS_FILE, ExperimentConfig, TDAError, USER_NAME, repo_root,
+                      user_model_entries, user_models)
 from .base import Backend
 
 Factory = Callable[[int, int, int], nn.Module]
@@ -118,17 +120,25 @@ def check_factory(spec: str, root: Path, in_channels: int = 1, image_size: int =
     return f"{type(model).__name__} with {n:,} trainable parameters"
 
 
-def register(name: str, spec: str, root: Path | None = None) -> tuple[Path, str]:
-    """Check the factory on grey 28x28 and colour 32x32 inputs, add `name: spec` to <root>/models.json; (path, model)."""
+def register(name: str, spec: str, root: Path | None = None, train_script: str | None = None) -> tuple[Path, str]:
+    """Check the factory on grey 28x28 and colour 32x32 inputs, add `name` to <root>/models.json; (path, model).
+
+    train_script: the family's own training entry point (a file, relative to the root or absolute), recorded
+    with the factory so that both launchers train the family with it.
+    """
     import json
     root = Path(root or repo_root())
     if not USER_NAME.match(name) or name in MODELS:
         raise TDAError(f"bad model name {name!r}: use lowercase letters and digits, not {', '.join(MODELS)}")
     what = check_factory(spec, root, 1, 28)
     check_factory(spec, root, 3, 32)
-    models = {**user_models(root), name: spec}
+    if train_script is not None and not (Path(train_script) if Path(train_script).is_absolute()
+                                         else root / train_script).is_file():
+        raise TDAError(f"--train_script {train_script}: no such file (relative paths are taken from {root})")
+    entry = spec if train_script is None else {"factory": spec, "train_script": train_script}
+    models = {k: v if set(v) != {"factory"} else v["factory"] for k, v in user_model_entries(root).items()}
     path = root / MODELS_FILE
-    io.atomic_write_text(json.dumps(models, indent=1, sort_keys=True) + "\n", path)
+    io.atomic_write_text(json.dumps({**models, name: entry}, indent=1, sort_keys=True) + "\n", path)
     return path, what
 
 
@@ -140,10 +150,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="the name experiments use, lowercase letters and digits (e.g. mymlp)")
     p.add_argument("--model_factory", required=True,
                    help="module:function; called as function(in_channels, image_size, num_classes) -> nn.Module")
+    p.add_argument("--train_script", default=None,
+                   help="a training script of your own for this family (relative to $TDA_ROOT, or absolute); both "
+                        "launchers then train it with that script (default: run_cnn_training.py)")
     args = p.parse_args(argv)
-    path, what = register(args.model, args.model_factory)
+    path, what = register(args.model, args.model_factory, train_script=args.train_script)
+    script = args.train_script or DEFAULT_TRAIN_SCRIPT
     print(f"registered model {args.model!r} = {args.model_factory} ({what} on 1x28x28) in {path}; "
-          f"train it with `python run_cnn_training.py --experiment {args.model}_<task>_<n>pc --seed_id all`")
+          f"train it with `python {script} --experiment {args.model}_<task>_<n>pc --seed_id all`")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Run whole experiments on Slurm: one job per step, job arrays over seed ids, dependencies between steps.
 
 usage: python -m tda.launch EXPERIMENT [EXPERIMENT ...] [--launcher slurm] [options] [-- TRAINING_ARGS]
-(what `bash run_experiment.sh EXPERIMENT ... --launcher slurm` runs)
+(what `bash run_experiment.sh EXPERIMENT ... --launcher slurm` runs; --methods, --device and the method options
+--METHOD.OPTION VALUE are the local pipeline's, tda/launch/grid.py)
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .. import cli
 from ..config import TASKS, TDAError
 from ..ranges import POSITIVE, POSITIVE_INT, ranged
 from ..seeds import load_seeds
-from .plan import Job, plan, steps
+from . import grid
+from .plan import GRID_SUMMARY, Job, plan, steps
 from .sbatch import RESOURCES, SlurmOptions, resource_values, submit
 from .wait import report, wait_for
 
@@ -26,6 +28,7 @@ Each step is a job; training and every TDA method are job arrays with one task p
 task running the entry script with --seed_id $SLURM_ARRAY_TASK_ID. Logs: $TDA_ROOT/logs/<experiment>/
 <step>_<seed id>.{out,err} (subsets: logs/<task>/subsets.*). Resubmitting the same command runs only
 what is missing. Arguments after `--` go to every experiment's training script.
+{grid}
 Resource options take VALUE (every step; GPUs: training and methods) or STEP=VALUE (one step, repeatable),
 e.g. --time 1:00:00 --time loo=6:00:00. Steps: """
 
@@ -36,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.prog = "run_experiment.sh --launcher slurm"
     p.usage = "bash run_experiment.sh EXPERIMENT [EXPERIMENT ...] --launcher slurm [options] [-- TRAINING_ARGS]"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = EPILOG + ", ".join(steps()) + "."
+    p.epilog = EPILOG.replace("{grid}", grid.epilog()) + ", ".join(steps()) + "."
     p.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="e.g. cnn_digits3_10pc cnn_digits3_20pc")
     p.add_argument("--launcher", choices=["slurm"], default="slurm", help="where the jobs run (here: slurm)")
+    grid.add_arguments(p)
     p.add_argument("--partition", help="sbatch --partition")
     p.add_argument("--account", help="sbatch --account")
     p.add_argument("--time", action="append", default=[], metavar="[STEP=]TIME", help="time limit, e.g. 2:00:00")
@@ -61,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, SlurmOptions, tuple[str, ...]]:
     """Arguments -> (namespace, sbatch options, training arguments); bad input raises a one-line error.
 
-    The namespace's data_root becomes {task, or "" for every task: directory}.
+    The namespace's data_root becomes {task, or "" for every task: directory}; its `choice` holds the methods
+    that run, their options and the device (checked here, before anything is submitted).
     """
-    cut = argv.index("--") if "--" in argv else len(argv)
-    train_args, argv = tuple(argv[cut + 1:]), argv[:cut]
+    argv, train_args = grid.split_training(argv)
+    argv, dotted = grid.take_method_options(argv)
+    train_args = tuple(train_args)
     for i in reversed(range(len(argv) - 1)):  # "--slurm-args --qos=x": its value starts with "--", so join them
         if argv[i] == "--slurm-args":
             argv[i:i + 2] = [f"--slurm-args={argv[i + 1]}"]
@@ -79,6 +85,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, SlurmOptions, tuple
     resources = {name: resource_values("--" + name.replace("_", "-"), getattr(args, name), names)
                  for name in RESOURCES}
     args.data_root = resource_values("--data-root", args.data_root, tuple(TASKS), what="task")
+    args.choice = grid.choice_from(args, dotted)
     opts = SlurmOptions(args.partition, args.account, resources, args.throttle, extra)
     return args, opts, train_args
 
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # progress lines appear at once, also when redirected to a file
         sys.stdout.reconfigure(line_buffering=True)
     root = Path(os.environ.get("TDA_ROOT", ".")).resolve()
-    jobs = plan(args.experiments, len(load_seeds(root)), root, train_args, args.data_root)
+    jobs = plan(args.experiments, len(load_seeds(root)), root, train_args, args.data_root, args.choice)
     if not args.dry_run:
         require("sbatch", *(["squeue"] if args.wait else []))
     python = os.path.abspath(sys.executable)
@@ -134,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"all {len(tasks)} Slurm tasks succeeded")
     for job in jobs:
         log = job.log(root, "out")
-        if job.step == "summary" and log.exists():
-            print(f"\n== summary of {job.label} (from {log})")
+        if job.step in ("summary", GRID_SUMMARY) and log.exists():
+            what = job.label if job.step == "summary" else f"the {len(job.argv) - 2} experiments"
+            print(f"\n== summary of {what} (from {log})")
             print(log.read_text(errors="replace").rstrip())
     return 0
 

@@ -7,16 +7,19 @@ from pathlib import Path
 
 from ..config import ExperimentConfig, parse_experiment
 from ..methods import REGISTRY
+from .grid import MethodChoice
 
 #: stands for the array task's seed id in a job's command; the job script turns it into $SLURM_ARRAY_TASK_ID
 SEED = "{seed_id}"
 #: the steps after all TDA methods, one job each per experiment; like subsets they get no GPUs
 RESULT_STEPS = ("pvalues", "correlations", "summary")
+#: the one job after every experiment of a grid of several: their comparison (run_summary.py)
+GRID_SUMMARY = "grid_summary"
 
 
 def steps() -> tuple[str, ...]:
     """Every step name, in pipeline order: subsets, train, one per registered TDA method, the results steps."""
-    return ("subsets", "train", *REGISTRY, *RESULT_STEPS)
+    return ("subsets", "train", *REGISTRY, *RESULT_STEPS, GRID_SUMMARY)
 
 
 @dataclass(frozen=True)
@@ -61,27 +64,35 @@ def _method_argv(method, experiment: str) -> tuple[str, ...]:
     return (method.script, *flag, "--experiment", experiment, "--seed_id", SEED)
 
 
-def experiment_jobs(cfg: ExperimentConfig, n_seeds: int, train_args: tuple[str, ...] = ()) -> list[Job]:
-    """One experiment's jobs after its subsets: training, one array per TDA method, p-values, correlations, summary."""
-    e = cfg.name
-    train = Job(_key("train", e), "train", e, (cfg.train_script, "--experiment", e, "--seed_id", SEED, *train_args),
+def experiment_jobs(cfg: ExperimentConfig, n_seeds: int, train_args: tuple[str, ...] = (),
+                    choice: MethodChoice | None = None) -> list[Job]:
+    """One experiment's jobs after its subsets: training, one array per chosen TDA method (with its options),
+    p-values, correlations (when the methods write two outputs or more), summary."""
+    e, choice = cfg.name, choice or MethodChoice()
+    train = Job(_key("train", e), "train", e, (cfg.train_script, "--experiment", e, "--seed_id", SEED,
+                                               *choice.device_args(), *train_args),
                 n_seeds, (_key("subsets", cfg.task),), gpu=True)
-    methods = [Job(_key(m.name, e), m.name, e, _method_argv(m, e), n_seeds, (train.key,), gpu=True)
-               for m in REGISTRY.values()]
-    pvalues = Job(_key("pvalues", e), "pvalues", e, ("run_pvalues.py", "--experiment", e),
+    methods = [Job(_key(n, e), n, e, (*_method_argv(REGISTRY[n], e), *choice.method_args(n)), n_seeds, (train.key,),
+                   gpu=True) for n in choice.names]
+    results = choice.results_args()
+    pvalues = Job(_key("pvalues", e), "pvalues", e, ("run_pvalues.py", "--experiment", e, *results),
                   after=tuple(m.key for m in methods))
-    correlations = Job(_key("correlations", e), "correlations", e, ("run_correlations.py", "--experiment", e),
-                       after=(pvalues.key,))
+    jobs = [train, *methods, pvalues]
+    if len(choice.outputs) >= 2:  # a correlation needs two methods
+        jobs.append(Job(_key("correlations", e), "correlations", e, ("run_correlations.py", "--experiment", e,
+                                                                     *results), after=(pvalues.key,)))
     summary = Job(_key("summary", e), "summary", e, ("-m", "tda.results.report", "--experiment", e),
-                  after=(correlations.key,))
-    return [train, *methods, pvalues, correlations, summary]
+                  after=(jobs[-1].key,))
+    return [*jobs, summary]
 
 
 def plan(experiments: list[str], n_seeds: int, root: Path, train_args: tuple[str, ...] = (),
-         data_roots: dict[str, str] | None = None) -> list[Job]:
-    """All jobs of the experiments, in submission order: one subsets job per task (shared), then each experiment's.
+         data_roots: dict[str, str] | None = None, choice: MethodChoice | None = None) -> list[Job]:
+    """All jobs of the experiments, in submission order: one subsets job per task (shared), then each experiment's,
+    then, for several experiments, their comparison (run_summary.py).
 
-    data_roots: {task, or "" for every task: the subsets job's --data_root}.
+    data_roots: {task, or "" for every task: the subsets job's --data_root}. choice: the methods that run, their
+    options and the device (default: every registered method with its defaults).
     """
     data_roots = data_roots or {}
     cfgs: dict[str, ExperimentConfig] = {}
@@ -97,5 +108,8 @@ def plan(experiments: list[str], n_seeds: int, root: Path, train_args: tuple[str
                         ("run_subset_generation.py", "--task", task, "--num_per_class", *map(str, sorted(ns)),
                          *(("--data_root", data_root) if data_root else ()))))
     for cfg in cfgs.values():
-        jobs += experiment_jobs(cfg, n_seeds, train_args)
+        jobs += experiment_jobs(cfg, n_seeds, train_args, choice)
+    if len(cfgs) > 1:
+        jobs.append(Job(_key(GRID_SUMMARY), GRID_SUMMARY, "grid", ("run_summary.py", "--experiments", *cfgs),
+                        after=tuple(j.key for j in jobs if j.step == "summary")))
     return jobs

@@ -51,6 +51,11 @@ def resource_values(flag: str, values: list[str], steps: tuple[str, ...], what: 
     return out
 
 
+def command(job: Job) -> str:
+    """A job's command as its script runs it, the seed id written as $SLURM_ARRAY_TASK_ID (what a dry run shows)."""
+    return " ".join(["python"] + ["$SLURM_ARRAY_TASK_ID" if a == SEED else shlex.quote(a) for a in job.argv])
+
+
 def job_script(job: Job, python: str, repo: Path, root: Path) -> str:
     """The batch script of a job: into the repo, the submitter's TDA_ROOT and interpreter, then the entry script."""
     q = shlex.quote
@@ -62,6 +67,8 @@ def job_script(job: Job, python: str, repo: Path, root: Path) -> str:
         "# Written by run_experiment.sh --launcher slurm (python -m tda.launch), which submits it with sbatch.",
         f"cd {q(str(repo))} || exit 2",
         f"export TDA_ROOT={q(str(root))}",
+        "# a training script of your own (models.json) lives outside the repository: it still imports tda",
+        f'export PYTHONPATH={q(str(repo))}${{PYTHONPATH:+:$PYTHONPATH}}',
         "# torch uses as many threads as the CPUs asked for (--cpus-per-task), unless OMP_NUM_THREADS says otherwise",
         'if [[ -n ${SLURM_CPUS_PER_TASK:-} && -z ${OMP_NUM_THREADS:-} ]]; then',
         "    export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK",
@@ -138,6 +145,7 @@ def submit(jobs: list[Job], opts: SlurmOptions, python: str, repo: Path, root: P
             raise TDAError(f"cannot write the job script {path}: {e.strerror or e}") from None
         argv = sbatch_argv(job, opts, root, [ids[k] for k in job.after])
         if dry_run:
+            echo(f"# {job.step} of {job.label}: {command(job)}")
             echo(f"{job.key}=$({render(argv)})")
             ids[job.key] = "${" + job.key + "}"
             continue
