@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tda import cli
 from tda.config import parse_experiment
-from tda.lds_report import evaluate
+from tda.lds_eval import evaluate
 from tda.lds_run import LDSSettings, run_lds
 from tda.ranges import NON_NEGATIVE, POSITIVE_INT, Range, ranged
 from tda.seeds import load_seeds, resolve_seed_ids

@@ -1,60 +1,16 @@
-"""The LDS results of an experiment: results/<experiment>/lds.csv, lds_per_test.csv and lds.png, the section of its
-report.md, and the LDS table across experiments of `run_summary.py`."""
+"""The LDS results in reports: the section of results/<experiment>/report.md, the table the script prints, and the
+LDS table across experiments of `run_summary.py` (from each experiment's results/<experiment>/lds.csv)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from . import plots, provenance
-from .config import ExperimentConfig, TDAError
-from .lds_eval import REPS, Attributions, external_method, lds_table, load_truth, our_methods
-from .results.outputs import Outputs, markdown_table, write_figure
+from . import provenance
+from .results.outputs import markdown_table
 
-import matplotlib.pyplot as plt  # noqa: E402,I001 - after tda.plots chose the headless backend
-
-LDS_MANIFEST = ".lds_manifest.json"
-FILES = ("lds.csv", "lds_per_test.csv", "lds.png")
 #: the score variants in words, in the tables' order
 VARIANT_NAMES = {"checkpoint": "one checkpoint", "checkpoints": "K checkpoints", "posterior_mean": "posterior mean"}
-
-
-def evaluate(cfg: ExperimentConfig, external: list[tuple[str, str, int]] = (), overwrite: bool = False,
-             methods: list[str] | None = None, reps: int = REPS, log: Callable[[str], None] = print,
-             need_scores: bool = True) -> Path | None:
-    """Write the LDS of every method with scores (and of each external (path, name, sign)) into
-    results/<experiment>/; returns lds.csv. Finished files are kept unless their inputs changed. Without any
-    scores: a one-line error, or with `need_scores` False a note and None."""
-    truth = load_truth(cfg)
-    found: list[Attributions] = our_methods(cfg, truth, methods)
-    found += [external_method(cfg, truth, p, n, s) for p, n, s in external]
-    if not found:
-        why = (f"no attribution scores of {cfg.name} on the seeds with LDS outcomes ({', '.join(map(str, truth.seeds))})"
-               f": run the methods first (e.g. `python run_gd_and_gc.py --experiment {cfg.name} --seed_id all`)")
-        if need_scores:
-            raise TDAError(why)
-        log(f"no LDS table yet: {why}, then `python run_lds.py --experiment {cfg.name} --evaluate`")
-        return None
-    names = [a.name for a in found]
-    if len(set(names)) != len(names):
-        raise TDAError(f"two score sets are named alike ({', '.join(names)}): give --method_name another name")
-    fp = {"truth": [provenance.file_digest(f) for f in truth.files], "reps": reps,
-          "methods": {a.name: [a.sign, a.seeds, [provenance.file_digest(f) if isinstance(f, Path) else f
-                                                 for f in a.files]] for a in found}}
-    out = Outputs(cfg.results_dir, LDS_MANIFEST, overwrite)
-    if out.all_finished({n: fp for n in FILES}):
-        log(f"LDS of {cfg.name} in {cfg.results_dir}/lds.csv is up to date (--overwrite to redo)")
-        return cfg.results_dir / "lds.csv"
-    table, per_test = lds_table(truth, found, reps)
-    out.write("lds.csv", table.to_csv(index=False, float_format="%.6g"), fp)
-    out.write("lds_per_test.csv", per_test.to_csv(index=False, float_format="%.6g"), fp)
-    write_figure(out, "lds", lds_figure(table, f"LDS on {cfg.name}: {len(truth.masks)} subsets of "
-                                               f"{truth.settings.get('subset_size')} samples, {len(truth.seeds)} seeds"), fp)
-    log(format_table(table))
-    return cfg.results_dir / "lds.csv"
 
 
 def _cell(r) -> str:
@@ -75,35 +31,6 @@ def format_table(table: pd.DataFrame) -> str:
     """The LDS against the posterior target, as the script prints it."""
     return "\n".join(f"LDS ({o}, against the seeds' mean outcome; 90% interval over test samples):\n"
                      + posterior_view(table, o).to_string() for o in ("loss", "margin"))
-
-
-def lds_figure(table: pd.DataFrame, title: str, row: str | None = None) -> Figure:
-    """LDS against the posterior target: one panel per outcome (and per `row` value), bars per method and score
-    variant, with their 90% intervals over test samples."""
-    t = table[table["target"] == "posterior"]
-    rows = list(dict.fromkeys(t[row])) if row else [None]
-    outcomes = list(dict.fromkeys(t["outcome"]))
-    fig, axes = plt.subplots(len(rows), len(outcomes), figsize=(5.5 * len(outcomes), 3.4 * len(rows)),
-                             squeeze=False, sharey=True)
-    variants = [v for v in VARIANT_NAMES if v in set(t["scores"])]
-    for r, rv in enumerate(rows):
-        for c, outcome in enumerate(outcomes):
-            ax, sub = axes[r][c], t[(t["outcome"] == outcome) & ((t[row] == rv) if row else True)]
-            methods = list(dict.fromkeys(sub["method"]))
-            for v_i, v in enumerate(variants):
-                g = sub[sub["scores"] == v].set_index("method").reindex(methods)
-                x = np.arange(len(methods)) + (v_i - (len(variants) - 1) / 2) * 0.8 / len(variants)
-                err = np.abs(np.stack([g["lds"] - g["lds_lo"], g["lds_hi"] - g["lds"]]))
-                ax.bar(x, g["lds"], width=0.8 / len(variants), yerr=err, capsize=2, label=VARIANT_NAMES[v],
-                       color=f"C{v_i}")
-            ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
-            ax.axhline(0, color="black", lw=0.8)
-            ax.set_title(f"{rv} | {outcome}" if row else outcome)
-            ax.set_ylabel("LDS (Spearman)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def report_section(cfg: ExperimentConfig) -> str:

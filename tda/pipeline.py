@@ -28,7 +28,8 @@ from .seeds import load_seeds
 from .workers import shared_workers
 
 REPO = Path(__file__).resolve().parents[1]
-TITLES = {"subsets": "subsets", "train": "training", "pvalues": "p-values", "correlations": "correlations"}
+TITLES = {"subsets": "subsets", "train": "training", "pvalues": "p-values", "correlations": "correlations",
+          "lds": "LDS ground truth", "lds_table": "LDS table"}
 
 
 def local_argv(job: Job) -> list[str]:

@@ -319,3 +319,29 @@ def test_evaluating_without_ground_truth_names_the_command(tmp_path, monkeypatch
     monkeypatch.setenv("TDA_ROOT", str(root))
     with pytest.raises(TDAError, match=f"run `python run_lds.py --experiment {EXPERIMENT} --seed_id all`"):
         script("run_lds").main(["--experiment", EXPERIMENT, "--evaluate"])
+
+
+# ---------------------------------------------------------------- in the grid: locally and on Slurm
+def test_the_grid_runs_lds_after_the_methods_when_asked(tmp_path):
+    from tda.launch import grid
+    from tda.launch.__main__ import parse_args
+    from tda.launch.plan import SEED, plan, steps
+    from tda.pipeline import parse_args as local_args, steps as local_steps
+    root = make_tiny_root(tmp_path / "r")
+    cfg = parse_experiment("cnn_digits3_2pc", root)
+    assert all(j.step not in ("lds", "lds_table") for j in plan([cfg.name], 3, root))  # not unless asked
+    _, choice, _ = local_args(["cnn_digits3_2pc", "--lds", "--methods", "gd"])
+    assert choice.lds == 50 and "LDS on 50 subsets" in choice.describe()
+    jobs = {j.step: j for j in plan([cfg.name], 3, root, choice=grid.MethodChoice(("gd_gc", "if"), lds=7))}
+    truth, table = jobs["lds"], jobs["lds_table"]
+    assert truth.argv == ("run_lds.py", "--experiment", cfg.name, "--seed_id", SEED, "--subsets", "7")
+    assert truth.n_tasks == 3 and truth.after == (jobs["train"].key,) and truth.gpu
+    assert set(table.after) == {truth.key, jobs["gd_gc"].key, jobs["if"].key} and table.argv[-1] == "--evaluate"
+    assert table.key in jobs["summary"].after
+    order = [s[1:] for s in local_steps(cfg, choice=grid.MethodChoice(("gd_gc",), lds=7))]
+    ran = [" ".join([script, *args]) for script, args in order]
+    assert ran.index(f"run_lds.py --experiment {cfg.name} --seed_id all --subsets 7") > ran.index(
+        f"run_gd_and_gc.py --experiment {cfg.name} --seed_id all")
+    assert "lds" in steps() and "lds_table" in steps()
+    args, opts, _ = parse_args(["cnn_digits3_2pc", "--lds", "9", "--time", "lds=2:00:00", "--dry-run"])
+    assert args.choice.lds == 9 and opts.resources["time"]["lds"] == "2:00:00"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import TDAError
 from ..methods import REGISTRY, Method, outputs
+from ..ranges import Range, ranged
 
 DOTTED = re.compile(r"^--(?P<method>[A-Za-z0-9_]+)\.(?P<option>[A-Za-z0-9_-]+)(?:=(?P<value>.*))?$", re.S)
 DEVICES = ("auto", "cpu", "cuda")
@@ -107,6 +108,7 @@ class MethodChoice:
     methods: tuple[str, ...] | None = None
     options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     device: str | None = None  # --device of training and every method; None: the scripts' default (auto)
+    lds: int | None = None  # --lds: the LDS ground truth on this many subsets, and the methods' LDS; None: not run
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -135,7 +137,8 @@ class MethodChoice:
         for n in self.names:
             opts = " ".join(self.options.get(n, ()))
             parts.append(" and ".join(REGISTRY[n].outputs.values()) + (f" ({opts})" if opts else ""))
-        return ", ".join(parts) + (f"; --device {self.device}" if self.device else "")
+        return (", ".join(parts) + (f"; --device {self.device}" if self.device else "")
+                + (f"; LDS on {self.lds} subsets" if self.lds is not None else ""))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,13 +148,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{','.join(REGISTRY)}); the results steps then cover their outputs")
     p.add_argument("--device", default=None, choices=DEVICES,
                    help="--device of training and every TDA step (default: each script's own, auto)")
+    p.add_argument("--lds", nargs="?", const=50, default=None, type=ranged(int, Range(ge=3)), metavar="SUBSETS",
+                   help="also the LDS ground truth (run_lds.py, after the methods) on SUBSETS random half-size subsets "
+                        "(default 50), and every method's LDS")
 
 
 def choice_from(args: argparse.Namespace, found: list[tuple[str, str, str]]) -> MethodChoice:
     """The parsed --methods and --device and the dotted options -> a checked MethodChoice."""
     methods = select_methods(args.methods) if args.methods is not None else None
     options = check_method_options(found, methods if methods is not None else tuple(REGISTRY))
-    return MethodChoice(methods, options, args.device)
+    return MethodChoice(methods, options, args.device, getattr(args, "lds", None))
 
 
 def epilog() -> str:

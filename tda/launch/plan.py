@@ -17,9 +17,13 @@ RESULT_STEPS = ("pvalues", "correlations", "summary")
 GRID_SUMMARY = "grid_summary"
 
 
+#: with --lds: the LDS ground truth, an array like a method, and the LDS table after it and the methods
+LDS_STEPS = ("lds", "lds_table")
+
+
 def steps() -> tuple[str, ...]:
-    """Every step name, in pipeline order: subsets, train, one per registered TDA method, the results steps."""
-    return ("subsets", "train", *REGISTRY, *RESULT_STEPS, GRID_SUMMARY)
+    """Every step name, in pipeline order: subsets, train, one per registered TDA method, LDS, the results steps."""
+    return ("subsets", "train", *REGISTRY, *LDS_STEPS, *RESULT_STEPS, GRID_SUMMARY)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,18 @@ def _method_argv(method, experiment: str) -> tuple[str, ...]:
     return (method.script, *flag, "--experiment", experiment, "--seed_id", SEED)
 
 
+def lds_jobs(cfg: ExperimentConfig, n_seeds: int, train: Job, methods: list[Job], choice: MethodChoice) -> list[Job]:
+    """With --lds: the LDS ground truth (one task per seed, after training) and the LDS table (after it and the
+    methods); else none."""
+    if choice.lds is None:
+        return []
+    e = cfg.name
+    truth = Job(_key("lds", e), "lds", e, ("run_lds.py", "--experiment", e, "--seed_id", SEED, "--subsets",
+                                           str(choice.lds), *choice.device_args()), n_seeds, (train.key,), gpu=True)
+    return [truth, Job(_key("lds_table", e), "lds_table", e, ("run_lds.py", "--experiment", e, "--evaluate"),
+                       after=(truth.key, *(m.key for m in methods)))]
+
+
 def experiment_jobs(cfg: ExperimentConfig, n_seeds: int, train_args: tuple[str, ...] = (),
                     choice: MethodChoice | None = None) -> list[Job]:
     """One experiment's jobs after its subsets: training, one array per chosen TDA method (with its options),
@@ -77,12 +93,13 @@ def experiment_jobs(cfg: ExperimentConfig, n_seeds: int, train_args: tuple[str, 
     results = choice.results_args()
     pvalues = Job(_key("pvalues", e), "pvalues", e, ("run_pvalues.py", "--experiment", e, *results),
                   after=tuple(m.key for m in methods))
-    jobs = [train, *methods, pvalues]
+    lds = lds_jobs(cfg, n_seeds, train, methods, choice)
+    jobs = [train, *methods, *lds, pvalues]
     if len(choice.outputs) >= 2:  # a correlation needs two methods
         jobs.append(Job(_key("correlations", e), "correlations", e, ("run_correlations.py", "--experiment", e,
                                                                      *results), after=(pvalues.key,)))
     summary = Job(_key("summary", e), "summary", e, ("-m", "tda.results.report", "--experiment", e),
-                  after=(jobs[-1].key,))
+                  after=(jobs[-1].key, *(j.key for j in lds[1:])))
     return [*jobs, summary]
 
 

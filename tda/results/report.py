@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import cli, stats
 from ..config import ExperimentConfig, parse_experiment
+from ..lds_report import report_section as lds_section
 from ..methods import label, outputs
 from ..seeds import load_seeds
 from .correlations import CORR_KINDS, FIG_FORMATS, corr_csv_name, corr_fig_stem, read_correlations
@@ -142,6 +143,7 @@ def build_report(cfg: ExperimentConfig) -> str:
                              f"({corr_fig_stem(kind)}.pdf; CSV: `{corr_csv_name(kind, '<mean|std|snr>')}`)\n\n")
     else:
         parts.append(f"Correlations: not computed yet (run `python run_correlations.py --experiment {cfg.name}`).\n")
+    parts.append(lds_section(cfg))  # empty until run_lds.py has written results/<experiment>/lds.csv
     return "".join(parts)
 
 

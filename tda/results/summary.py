@@ -17,6 +17,7 @@ import pandas as pd
 from .. import plots  # noqa: F401 - sets the headless backend before seaborn loads pyplot
 from .. import provenance, stats
 from ..config import TDAError, repo_root
+from ..lds_report import lds_inputs, summary_section as lds_summary_section, summary_table as lds_summary_table
 from .outputs import Outputs, markdown_table, write_figure
 
 import seaborn as sns  # noqa: E402,I001
@@ -140,7 +141,8 @@ def write_summary(experiments: list[str] | None = None, root: Path | None = None
                        "first, or name them with --experiments")
     tables = load_tables(experiments, root)
     out = Outputs(Path(out_dir) if out_dir is not None else root / "results" / "summary", SUMMARY_MANIFEST, overwrite)
-    fp = {e: [provenance.file_digest(results_dir(root, e) / n) for n in TABLES] for e in experiments}
+    fp = {e: [provenance.file_digest(results_dir(root, e) / n) for n in TABLES] + lds_inputs(root, e)
+          for e in experiments}
     if out.all_finished({n: fp for n in FILES}):
         log(f"summary of {len(experiments)} experiments in {out.dir}/ is up to date (--overwrite to redo)")
         return out.dir / "report.md"
@@ -152,6 +154,9 @@ def write_summary(experiments: list[str] | None = None, root: Path | None = None
     out.write("mean_p_vs_k.csv", frame.to_csv(index=False, float_format="%.6g"), fp)
     write_figure(out, "mean_p_vs_k", mean_p_figure(frame), fp)
     write_figure(out, "significance", significance_figure(sig), fp)
-    out.write("report.md", summary_report(sig, matrix, experiments), fp)
+    lds = lds_summary_table(experiments, root)  # the experiments' LDS, where run_lds.py wrote one
+    if not lds.empty:
+        out.write("lds.csv", lds.to_csv(index=False, float_format="%.6g"), fp)
+    out.write("report.md", summary_report(sig, matrix, experiments) + lds_summary_section(lds), fp)
     log(f"wrote {len(out.written)} files to {out.dir}/ ({len(out.kept)} unchanged)")
     return out.dir / "report.md"
