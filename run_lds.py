@@ -12,6 +12,7 @@ from tda import cli
 from tda.config import parse_experiment
 from tda.lds_eval import evaluate
 from tda.lds_run import LDSSettings, run_lds
+from tda.results.report import write_report
 from tda.ranges import NON_NEGATIVE, POSITIVE_INT, Range, ranged
 from tda.seeds import load_seeds, resolve_seed_ids
 from tda.workers import raise_failed_rows
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None):
                         need_scores=args.evaluate or bool(args.scores))
         if path is not None:
             print(f"LDS table: {path}")
+            if (cfg.results_dir / "mean_p_values.csv").exists():  # the experiment's report shows the LDS too
+                print(f"report: {write_report(cfg)}")
     else:
         print(f"the LDS table once every seed is done: python run_lds.py --experiment {cfg.name} --evaluate")
     raise_failed_rows(rows)

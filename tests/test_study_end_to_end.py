@@ -13,15 +13,18 @@ from tda.config import TDAError
 from tda.study import plan as study_plan
 from tda.study.workspace import entry_script
 
-#: the tiny grid: digits3 at 2 per class (decomposition and protocols), 3 seeds with CG on 2, 3 test samples
-TINY = ("--quick", "--seeds", "3", "--test_size", "3", "--protocol_n", "2", "--decomposition_n", "2", "--workers", "1")
+#: the tiny grid: digits3 at 2 per class (decomposition, protocols, LDS on 4 subsets), 3 seeds with CG on 2, 3 test
+#: samples
+TINY = ("--quick", "--seeds", "3", "--test_size", "3", "--protocol_n", "2", "--decomposition_n", "2", "--lds_n", "2",
+        "--lds_subsets", "4", "--workers", "1")
 MAIN = {"LOO (scratch)", "ATS", "IF (LiSSA)", "GD", "GC"}
 ARMS = {"LOO (paper)", "LOO (paired)", "IF (CG, Gauss-Newton)"}
 DERIVED = "IF (LiSSA), CG's seeds"
 LOOS = {"LOO (scratch)", "LOO (paper)", "LOO (paired)"}
 SIGN = {"LOO": 1, "GD": 1, "GC": 1, "ATS": -1, "IF": -1}  # the paper's: + where a positive score means "j helps i"
-SHOWN = ("decomposition.png", "variants.png", "protocols.png", "agreement.png", "summary/mean_p_vs_k.png")
-FIGURES = (*SHOWN, "summary/significance.png")  # the report shows the first five
+SHOWN = ("decomposition.png", "variants.png", "protocols.png", "agreement.png", "lds.png", "advice.png",
+         "significance_trend.png", "summary/mean_p_vs_k.png")
+FIGURES = (*SHOWN, "summary/significance.png")  # the report shows all but the last
 
 pytestmark = pytest.mark.xdist_group("study_end_to_end")  # one study: its tests on one worker
 
@@ -40,7 +43,7 @@ def study(tmp_path_factory) -> Path:
 
 def test_the_whole_study_runs_to_its_report(study: Path) -> None:
     timings = pd.read_csv(study / "timings.csv")
-    assert len(timings) == 25 and (timings["status"] == "done").all()
+    assert len(timings) == 26 and (timings["status"] == "done").all()
     dec = pd.read_csv(study / "decomposition.csv")
     assert set(dec["method"]) == MAIN and len(dec) == 5 and (dec["n_seeds"] == 3).all()
     shares = dec[["share_init", "share_batch", "share_interaction"]].sum(axis=1)
@@ -63,12 +66,30 @@ def test_the_whole_study_runs_to_its_report(study: Path) -> None:
     assert len(cg) == 2 and set(cg["hessian"]) == {"gauss-newton"} and (cg["max_iterations"] > 0).all()
     bits = pd.read_csv(study / "bitwise.csv")  # 2 per class of 3 classes: one batch an epoch
     assert bits["experiment"].tolist() == ["cnn_digits3_2pc_batch"] and bits["all_identical"].all()
+    lds = pd.read_csv(study / "lds.csv")  # every method, both outcomes, 3 score variants x 2 targets
+    assert set(lds["method"]) == MAIN and len(lds) == 5 * 2 * 6 and (lds["n_subsets"] == 4).all()
+    assert (lds["n_seeds"] == 3).all() and lds["lds"].between(-1, 1).all()
+    for r in lds.itertuples():
+        assert r.sign == SIGN[r.method.split()[0]]
+    assert len(pd.read_csv(study / "lds_gain.csv")) == 5 * 2 * 2
+    advice = pd.read_csv(study / "advice.csv")
+    assert set(advice["method"]) == MAIN and set(advice["test"]) == {"t_bh", "z"}
+    for (method, test), g in advice.groupby(["method", "test"]):  # LOO is no truth of itself
+        truths = {"LDS effect", "LDS contribution"} | ({"LOO (scratch) mu"} if method != "LOO (scratch)" else set())
+        assert set(g["truth"]) == truths and len(g) == 5 * len(truths), (method, test)
+    assert set(advice["verdict"].dropna()) <= {"supports", "no difference", "contradicts", "undetermined"}
+    trend = pd.read_csv(study / "significance_trend.csv")
+    assert len(trend[trend["against"] == "K"]) == 5 * 5 * 2 and set(trend[trend["against"] == "seeds"]["n_seeds"]) == {3}
+    assert (study / "work" / "results" / "cnn_digits3_2pc" / "lds.csv").exists()
+    assert "## Linear datamodeling score" in (study / "work" / "results" / "cnn_digits3_2pc" / "report.md").read_text()
+    assert set(pd.read_csv(study / "summary" / "lds.csv")["experiment"]) == {"cnn_digits3_2pc"}
     summary = pd.read_csv(study / "summary" / "mean_p_k.csv")
     assert {"cnn_digits3_2pc", "cnn_digits3_2pc_init", "cnn_digits3_2pc_batch"} <= set(summary.columns)
     report = (study / "report.md").read_text()
     for heading in ("## 1. What the noise is made of", "## 2. Batch-order noise", "## 3. Removing one source",
                     "## 4. The ground truth", "## 5. IF: the paper's LiSSA", "## 6. Which method agrees",
-                    "## 7. Across experiments", "## Cost of the full grid"):
+                    "## 7. LDS", "## 8. The paper's advice", "## 9. Across experiments",
+                    "## Cost of the full grid"):
         assert heading in report, heading
     assert "What failed" not in report and "Not available" not in report
     assert "digits3 2pc / IF (LiSSA), CG's seeds" in report and "2 of 2 seeds bitwise identical" in report
@@ -109,7 +130,7 @@ def test_a_failed_arm_and_step_are_named_in_a_report_written_for_the_rest(study:
     assert "CG broke down" in (out / "study.log").read_text() and "Traceback" in (out / "study.log").read_text()
     # the rest of the report is there, without the two arms
     for heading in ("## 1. What the noise is made of", "## 4. The ground truth", "## 6. Which method agrees",
-                    "## 7. Across experiments"):
+                    "## 7. LDS", "## 8. The paper's advice", "## 9. Across experiments"):
         assert heading in report, heading
     assert "Not available when this report was written" in report
     prot = pd.read_csv(out / "protocols.csv")

@@ -5,7 +5,8 @@ seeds (`cnn_<task>_<n>pc`, `..._init`, `..._batch`) and runs LOO (`scratch`), AT
 GC on each. A *protocol* setting trains the paper's ensemble and adds the other ground truths and
 solvers as *arms*: LOO `paper` and `paired`, IF by CG on the Gauss-Newton matrix. An arm is a root of
 its own (`<root>/arms/<arm>/`) whose data/ and models/ are links to the study root's, so it scores
-the very same checkpoints while its score files do not overwrite the main ones.
+the very same checkpoints while its score files do not overwrite the main ones. An *LDS* setting adds the LDS
+ground truth (`run_lds.py`) to the paper's ensemble after its methods.
 """
 from __future__ import annotations
 
@@ -87,6 +88,8 @@ class StudyPlan:
     test_size: int = 15
     n_seeds: int = 10
     cg_seeds: int = 2
+    lds_ns: tuple[int, ...] = (10, 20)
+    lds_subsets: int = 50
     workers: int | None = None
     quick: bool = False
     model: str = "cnn"
@@ -103,7 +106,7 @@ class StudyPlan:
 
     @property
     def ns(self) -> list[int]:
-        return sorted(set(self.protocol_ns) | set(self.decomposition_ns))
+        return sorted(set(self.protocol_ns) | set(self.decomposition_ns) | set(self.lds_ns))
 
     def sources(self, n: int) -> list[str]:
         """The ensembles trained at n per class."""
@@ -130,6 +133,9 @@ class StudyPlan:
                     out.append(Step(f"p-values {e}", self.root, "run_pvalues.py", ("--experiment", e), trained))
                     out.append(Step(f"correlations {e}", self.root, "run_correlations.py", ("--experiment", e),
                                     trained))
+                    if source == "both" and n in self.lds_ns:  # after the methods: it also writes their LDS
+                        out.append(Step(f"lds {e}", self.root, "run_lds.py",
+                                        (*seeds, "--subsets", str(self.lds_subsets), *w), trained))
                 if n in self.protocol_ns:
                     e = self.experiment(task, n)
                     for arm in self.arms:
@@ -160,9 +166,9 @@ def full_plan(root: Path, out: Path, workers: int | None = None) -> StudyPlan:
 
 def quick_plan(root: Path, out: Path, workers: int | None = None) -> StudyPlan:
     """`--quick`: digits3 only, 4 seeds, 6 test samples, decomposition at 14 per class (two batches an epoch), CG on
-    2 seeds: every part of the study in minutes, its numbers a smoke test only."""
+    2 seeds, LDS at 10 per class on 20 subsets: every part of the study in minutes, its numbers a smoke test only."""
     return StudyPlan(root=root, out=out, tasks=("digits3",), decomposition_ns=(14,), test_size=6, n_seeds=4,
-                     cg_seeds=2, workers=workers, quick=True)
+                     cg_seeds=2, lds_ns=(10,), lds_subsets=20, workers=workers, quick=True)
 
 
 #: set to 1, it makes `--quick` tiny: for tests of the study's own command (`make study ARGS=--quick`), not for use
@@ -171,21 +177,23 @@ TINY_ENV = "TDA_STUDY_TINY"
 
 def tiny_plan(root: Path, out: Path, workers: int | None = None) -> StudyPlan:
     """`--quick` under TDA_STUDY_TINY=1, for tests: every part of the study at 2 per class (one batch an epoch), 3
-    seeds with CG on 2 of them (so LiSSA on CG's seeds too), 3 test samples, in this process; its numbers mean nothing."""
+    seeds with CG on 2 of them (so LiSSA on CG's seeds too), LDS on 4 subsets, 3 test samples, in this process; its
+    numbers mean nothing."""
     return StudyPlan(root=root, out=out, tasks=("digits3",), protocol_ns=(2,), decomposition_ns=(2,), test_size=3,
-                     n_seeds=3, cg_seeds=2, workers=1 if workers is None else workers, quick=True)
+                     n_seeds=3, cg_seeds=2, lds_ns=(2,), lds_subsets=4, workers=1 if workers is None else workers,
+                     quick=True)
 
 
 #: CPU seconds per seed (5 checkpoints) of the 2-layer CNN at 10 per class (N = 30) and 30 test samples, measured
 #: by `--quick` runs on a shared 2-core VM (load about 2); LOO and LiSSA grow with N^2, CG with N x min(N, M)
 UNIT_COST = {"training": 0.8, "loo_scratch": 8.0, "loo_paper": 34.0, "loo_paired": 34.0, "ats": 1.2,
-             "if_lissa": 5.0, "gd_gc": 1.2, "if_cg_gn": 330.0}
+             "if_lissa": 5.0, "gd_gc": 1.2, "if_cg_gn": 330.0, "lds": 13.0}  # lds: 50 subsets, 1.6 x LOO scratch
 
 
 def cost_seconds(plan: StudyPlan, n: int, what: str) -> float:
     """Estimated CPU seconds of one step kind for all of its seeds at n per class."""
     scale = {"loo_scratch": 2, "loo_paper": 2, "loo_paired": 2, "if_lissa": 2, "if_cg_gn": 1}.get(what, 1)
-    m_scale = min(plan.test_size, 3 * n) / 30 if what == "if_cg_gn" else 1.0
+    m_scale = min(plan.test_size, 3 * n) / 30 if what == "if_cg_gn" else plan.lds_subsets / 50 if what == "lds" else 1.0
     seeds = plan.arm_seeds(what) if what in ARMS else plan.n_seeds
     return UNIT_COST[what] * (n / 10) ** scale * m_scale * seeds
 
@@ -199,4 +207,6 @@ def cost_table(plan: StudyPlan) -> list[tuple[str, float]]:
                      per_ensemble * len(plan.sources(n))))
         if n in plan.protocol_ns:
             rows += [(f"{n}pc: arm {a}", cost_seconds(plan, n, a)) for a in plan.arms]
+        if n in plan.lds_ns:
+            rows.append((f"{n}pc: LDS ground truth ({plan.lds_subsets} subsets)", cost_seconds(plan, n, "lds")))
     return [(f"{t}: {w}", s) for t in plan.tasks for w, s in rows]

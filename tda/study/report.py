@@ -18,7 +18,8 @@ def _default_cmd(plan: StudyPlan) -> str:
     return "python run_study.py" + (" --quick" if plan.quick else "")
 
 
-def _cmd(plan: StudyPlan) -> str:
+def command(plan: StudyPlan) -> str:
+    """The command that reproduces this study."""
     return plan.command or _default_cmd(plan)
 
 
@@ -30,11 +31,12 @@ def header(plan: StudyPlan, timings: pd.DataFrame, total_s: float) -> str:
     """What was run, on which grid, and how long it took."""
     seeds = f"{plan.n_seeds} seeds (the first of random_seeds.pt)"
     return (f"# The noise of training data attribution: what it is made of, and which conclusions survive a "
-            f"clean ground truth\n\nReproduce everything with `{_cmd(plan)}`"
+            f"clean ground truth\n\nReproduce everything with `{command(plan)}`"
             + ((" (`make study`" + (" with ARGS=--quick" if plan.quick else "") + ")")
-               if _cmd(plan) == _default_cmd(plan) else "") + f"; it works under `{plan.root}/` and writes here. "
+               if command(plan) == _default_cmd(plan) else "") + f"; it works under `{plan.root}/` and writes here. "
             f"Grid: tasks {', '.join(plan.tasks)}; protocols compared at {', '.join(map(str, plan.protocol_ns))} "
-            f"per class, noise decomposed at {', '.join(map(str, plan.decomposition_ns))} per class; {seeds}; "
+            f"per class, noise decomposed at {', '.join(map(str, plan.decomposition_ns))} per class, LDS at "
+            f"{', '.join(map(str, plan.lds_ns)) or 'none'} per class on {plan.lds_subsets} subsets; {seeds}; "
             f"{plan.test_size} test samples per task (`{plan.root}/data/<task>/test_subset.txt`); model "
             f"`{plan.model}`; K = 5 checkpoints averaged per seed throughout. Wall time: {total_s / 60:.1f} min, of "
             f"which the {len(timings)} steps {timings['seconds'].sum() / 60:.1f} min (`timings.csv`; a step whose "
@@ -176,7 +178,7 @@ def agreement_section(agree: pd.DataFrame) -> str:
 
 def footer(plan: StudyPlan, costs: list[tuple[str, float]], n_tasks: int, grid: str, missing: list[str]) -> str:
     """The summary across experiments, the cost of a larger grid and what is left out."""
-    parts = ["\n## 7. Across experiments\n\nThe paper's comparison over all of the study's experiments: "
+    parts = ["\n## 9. Across experiments\n\nThe paper's comparison over all of the study's experiments: "
              "[summary/report.md](summary/report.md).\n\n![mean p against K](summary/mean_p_vs_k.png)\n"]
     if costs:
         total = n_tasks * sum(s for _, s in costs)

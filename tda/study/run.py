@@ -16,7 +16,8 @@ from ..config import TDAError, repo_root
 from ..ranges import POSITIVE_INT, Range, ranged
 from ..results.outputs import Outputs, write_figure
 from ..results.summary import write_summary
-from . import analysis, figures, report
+from ..lds_eval import lds_figure
+from . import analysis, figures, ground_report, ground_truth, report
 from .plan import TINY_ENV, StudyPlan, cost_table, full_plan, quick_plan, tiny_plan
 from .workspace import Failure, caught, checkpoints_identical, prepare, run_step
 
@@ -84,6 +85,7 @@ def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, failur
             return default
 
     loaded = analysis.load_all(plan)
+    truths = attempt("LDS outcomes", lambda: ground_truth.load_truths(plan, loaded), {})
     fp = provenance.digest(sorted(str(p) for p in loaded.files)) if loaded.files else "none"
     fp = [fp, [provenance.file_digest(p) for p in sorted(loaded.files)]]
     out = Outputs(plan.out, MANIFEST, overwrite=True)
@@ -94,8 +96,13 @@ def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, failur
     agree = attempt("agreement table", lambda: analysis.agreement_table(plan, loaded), empty)
     cg = attempt("CG table", lambda: analysis.cg_table(plan), empty)
     bits = attempt("bitwise table", lambda: bitwise_table(plan), empty)
+    lds, lds_per = attempt("LDS table", lambda: ground_truth.lds_study_table(loaded, truths), (empty, empty))
+    gain = attempt("LDS gain table", lambda: ground_truth.posterior_gain(lds_per), empty)
+    adv = attempt("advice table", lambda: ground_truth.advice_table(loaded, truths), empty)
+    trend = attempt("significance trend table", lambda: ground_truth.trend_table(plan, loaded), empty)
     for name, table in (("decomposition", dec), ("variants", var), ("protocols", prot), ("agreement", agree),
-                        ("cg", cg), ("bitwise", bits), ("timings", timings)):
+                        ("cg", cg), ("bitwise", bits), ("lds", lds), ("lds_per_test", lds_per), ("lds_gain", gain),
+                        ("advice", adv), ("significance_trend", trend), ("timings", timings)):
         out.write(f"{name}.csv", table.to_csv(index=False, float_format="%.6g"), fp)
     var_dec = var[var.groupby(["task", "n"])["source"].transform("nunique") > 1] if not var.empty else var
     for name, table, make in (
@@ -105,7 +112,11 @@ def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, failur
                 "(K = 5)")),
             ("protocols", prot, lambda: figures.significance_figure(
                 prot, "arm", None, "Ground truths and IF solvers on the same ensembles (K = 5)")),
-            ("agreement", agree, lambda: figures.agreement_figure(agree))):
+            ("agreement", agree, lambda: figures.agreement_figure(agree)),
+            ("lds", lds, lambda: lds_figure(lds.assign(setting=ground_report.setting(lds)), "LDS of every method "
+                                            "(outcome: the seeds' mean; 90% intervals over test samples)", "setting")),
+            ("advice", adv, lambda: ground_report.advice_figure(adv)),
+            ("significance_trend", trend, lambda: ground_report.trend_figure(trend))):
         if not table.empty:
             attempt(f"{name} figure", lambda: write_figure(out, name, make(), fp))
     experiments = [plan.experiment(t, n, s) for t in plan.tasks for n in plan.ns for s in plan.sources(n)]
@@ -122,6 +133,8 @@ def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, failur
         ("bitwise check", lambda: report.bitwise_section(plan, bits)), ("variants", lambda: report.variants_section(var)),
         ("protocols", lambda: report.protocols_section(plan, prot, agree, cg)),
         ("agreement", lambda: report.agreement_section(agree)),
+        ("LDS", lambda: ground_report.lds_section(plan, lds, gain)),
+        ("advice", lambda: ground_report.advice_section(plan, adv, trend, report.command(plan))),
         ("footer", lambda: report.footer(plan, per_task, len(big.tasks), grid, loaded.missing)))]
     text = (report.header(plan, timings, total_s) + report.failures_section(failures, analysis_command(plan))
             + "".join(sections))
@@ -132,10 +145,11 @@ def write_outputs(plan: StudyPlan, timings: pd.DataFrame, total_s: float, failur
 
 def main(argv: list[str] | None = None) -> Path:
     """Run the study (or only its analysis) and write results/study/report.md."""
-    p = cli.parser("The noise decomposition (init vs batch order), LOO protocols and IF solvers on the offline "
-                   "tasks, as one command; see docs/study.md.")
+    p = cli.parser("The noise decomposition (init vs batch order), LOO protocols, IF solvers, the LDS and the paper's "
+                   "advice on the offline tasks, as one command; see docs/study.md.")
     p.add_argument("--quick", action="store_true", help="digits3 only, 4 seeds, 6 test samples, decomposition at 14 per "
-                   f"class: a smoke test in about 7 min (for tests only, {TINY_ENV}=1 shrinks it to a tiny grid)")
+                   "class, LDS at 10 on 20 subsets: a smoke test in about 8 min (for tests only, "
+                   f"{TINY_ENV}=1 shrinks it to a tiny grid)")
     p.add_argument("--root", default=None, help="the study's own TDA_ROOT (default: <out>/work)")
     p.add_argument("--out", default=None, help="where the report goes (default: results/study[/quick])")
     p.add_argument("--workers", type=ranged(int, POSITIVE_INT), default=None, help="seeds in parallel per step (default: one per core)")
@@ -144,6 +158,11 @@ def main(argv: list[str] | None = None) -> Path:
                    "solvers are compared (default: 10)")
     p.add_argument("--decomposition_n", nargs="+", type=ranged(int, POSITIVE_INT), default=None,
                    help="n per class of the noise decomposition (default: 20; add 50 if time allows)")
+    p.add_argument("--lds_n", nargs="*", type=ranged(int, POSITIVE_INT), default=None,
+                   help="n per class of the LDS ground truth and the advice analysis (default: 10 20; --quick: 10; "
+                        "none: no LDS)")
+    p.add_argument("--lds_subsets", type=ranged(int, Range(ge=3)), default=None,
+                   help="random subsets of the LDS (default 50, --quick 20)")
     p.add_argument("--seeds", type=ranged(int, Range(ge=2)), default=None, help="seeds per ensemble (default 10, --quick 4)")
     p.add_argument("--test_size", type=ranged(int, POSITIVE_INT), default=None, help="test samples per task (default 15, --quick 6)")
     p.add_argument("--analysis_only", action="store_true", help="only rewrite the tables, figures and report")
@@ -157,7 +176,8 @@ def main(argv: list[str] | None = None) -> Path:
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--analysis_only", "--dry_run")]
     plan.command = (f"{TINY_ENV}=1 " if tiny else "") + shlex.join(["python", "run_study.py", *given])
     options = (("tasks", args.tasks), ("protocol_ns", args.protocol_n), ("decomposition_ns", args.decomposition_n),
-             ("n_seeds", args.seeds), ("test_size", args.test_size))
+             ("n_seeds", args.seeds), ("test_size", args.test_size), ("lds_ns", args.lds_n),
+             ("lds_subsets", args.lds_subsets))
     for name, value in options:
         if value is not None:
             setattr(plan, name, tuple(value) if isinstance(value, list) else value)
