@@ -5,7 +5,8 @@ Subsets: S masks over the N training samples, each holding exactly round(alpha N
 generator. Retraining on subset s gives its samples the per-sample loss weight 1 and every other sample 0, each
 batch mean still divided by the batch's full size (as LOO removes one sample), from the seed's initialisation on
 the seed's own batches; so the S retrainings, and a control member that keeps every sample, are one ensemble.
-The outcome of test sample i is its loss and its correct-class margin after each checkpoint epoch.
+The outcome of test sample i is its loss and its correct-class margin log(p_i / (1 - p_i)) (TRAK's) after each
+checkpoint epoch.
 
 For attributions tau [N, M] whose sign is +1 when a positive score means "j helps i" (-1 for ATS and IF):
 
@@ -53,9 +54,10 @@ def subset_masks(n: int, subsets: int, alpha: float, seed: int) -> torch.Tensor:
 
 
 def margins(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correct-class margin of every sample: its label's logit minus the largest other logit, [M]."""
+    """Correct-class margin of every sample, TRAK's: log(p_y / (1 - p_y)) = its label's logit minus the log-sum-exp of
+    the other logits, [M]."""
     correct = out.gather(1, y[:, None]).squeeze(1)
-    others = out.scatter(1, y[:, None], float("-inf")).amax(1)
+    others = out.scatter(1, y[:, None], float("-inf")).logsumexp(1)
     return correct - others
 
 

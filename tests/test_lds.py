@@ -53,7 +53,8 @@ class MLP(nn.Module):
 
 def plain_subset_retraining(model, x, y, xt, yt, batches, mask, snapshots, lr=LR):
     """One retraining written plainly: a copy of the model, torch.optim.Adam, loss.backward(), samples outside the
-    subset weighted 0 (each batch mean still divides by the batch size); test loss and margin after `snapshots`."""
+    subset weighted 0 (each batch mean still divides by the batch size); test loss and log-odds margin after
+    `snapshots`."""
     model = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WD)
     w = mask.to(DT)
@@ -66,9 +67,8 @@ def plain_subset_retraining(model, x, y, xt, yt, batches, mask, snapshots, lr=LR
         if epoch in snapshots:
             with torch.no_grad():
                 logits = model(xt)
-                correct = logits[torch.arange(len(yt)), yt]
-                other = torch.stack([torch.cat([row[:c], row[c + 1:]]).max() for row, c in zip(logits, yt)])
-                out.append(torch.stack([F.cross_entropy(logits, yt, reduction="none"), correct - other]))
+                p = F.softmax(logits, 1)[torch.arange(len(yt)), yt]
+                out.append(torch.stack([F.cross_entropy(logits, yt, reduction="none"), torch.log(p / (1 - p))]))
     return torch.stack(out)  # [C, 2, M]
 
 
@@ -96,9 +96,10 @@ def test_masked_ensemble_equals_plain_retraining_per_subset(net, vectorize):
     assert (ref[-1, :, 0] - ref[-1, :1, 0]).abs().max() > 1e-2
 
 
-def test_margins_are_correct_minus_best_other_logit():
-    logits = torch.tensor([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]])
-    assert margins(logits, torch.tensor([1, 0])).tolist() == [3.0, -2.5]
+def test_margins_are_the_log_odds_of_the_correct_class():
+    logits = torch.tensor([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]], dtype=DT)
+    p = F.softmax(logits, 1)[[0, 1], [1, 0]]
+    close(margins(logits, torch.tensor([1, 0])), torch.log(p / (1 - p)), 1e-12)
 
 
 # ---------------------------------------------------------------- the statistic against plain loops
