@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import io, plots, provenance
+from . import io, provenance
+from . import plots  # noqa: F401 - the headless backend before pyplot
 from .config import ExperimentConfig, TDAError
 from .lds import OUTCOMES, bootstrap_mean, lds_variants, observed_help
 from .lds_report import VARIANT_NAMES, format_table

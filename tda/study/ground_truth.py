@@ -5,7 +5,6 @@ Loading the LDS outcomes is the only I/O here (`tda.lds_eval`); the maths are `t
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from .. import stats
@@ -123,7 +122,3 @@ def headline(advice: pd.DataFrame) -> dict[str, dict[str, int]]:
     d = advice[advice["group"] == "significant - not significant"] if not advice.empty else advice
     return {t: d[d["truth"] == t]["verdict"].value_counts().to_dict() for t in TRUTHS if not d.empty}
 
-
-def seeds_share(trend: pd.DataFrame) -> np.ndarray:
-    """The seed counts of a trend table (for the report's text)."""
-    return np.sort(trend[trend["against"] == "seeds"]["n_seeds"].unique()) if not trend.empty else np.array([])
