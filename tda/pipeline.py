@@ -13,13 +13,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from . import cli
+from . import checkout, cli
 from .config import ExperimentConfig, parse_experiment
 from .results import report
 from .workers import shared_workers
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def steps(cfg: ExperimentConfig, training_args: list[str]) -> list[tuple[str, str, list[str]]]:
     """(name, entry script, its arguments) of every step of an experiment's pipeline, in order."""
@@ -37,7 +34,7 @@ def steps(cfg: ExperimentConfig, training_args: list[str]) -> list[tuple[str, st
 
 def entry_script(script: str) -> ModuleType:
     """An entry script of the repository (e.g. 'run_loo.py') loaded as a module, to call its `main(argv)`."""
-    spec = importlib.util.spec_from_file_location(f"tda_step_{Path(script).stem}", REPO / script)
+    spec = importlib.util.spec_from_file_location(f"tda_step_{Path(script).stem}", checkout.script(script))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
