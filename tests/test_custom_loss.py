@@ -107,6 +107,15 @@ def test_grad_dot_and_cos_with_mse_equal_autograd_per_sample(problem):
         close(gc[i, c], (g_tr @ g_te.T) / (g_tr.norm(dim=1)[:, None] * g_te.norm(dim=1)[None]), 1e-10)
 
 
+def test_a_loss_passed_to_attribute_replaces_the_posteriors(problem):
+    post, train, test = problem
+    gd = tda.attribute("gd", post, train, test, progress=False)
+    doubled = tda.attribute("gd", post, train, test, loss=lambda out, t: 2 * mse(out, t), progress=False)
+    close(doubled, 4 * gd, 1e-12)
+    both = tda.attribute("gd_gc", post, train, test, progress=False)
+    assert set(both) == {"gd", "gc"} and torch.equal(both["gd"], gd)
+
+
 def test_ats_with_mse_equals_one_torch_adam_step_per_sample(problem):
     post, train, test = problem
     ats = tda.attribute("ats", post, train, test, progress=False)
