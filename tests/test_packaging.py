@@ -87,7 +87,8 @@ import torch, tda
 from torch import nn
 assert tda.__file__.startswith(%r), tda.__file__
 x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-post = tda.train_posterior(lambda: nn.Linear(4, 3), (x, y), [1, 2], tda.Training(epochs=2, checkpoints=2), progress=False)
+post = tda.train_posterior(lambda: nn.Linear(4, 3), (x, y), [1, 2], tda.Training(epochs=2, checkpoints=2),
+                           progress=False)
 gd = tda.attribute("gd", post, (x, y), (x[:3], y[:3]), progress=False)
 print(tuple(gd.shape))
 from tda.kernels import native
