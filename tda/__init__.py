@@ -19,5 +19,8 @@ def __getattr__(name: str) -> Any:
     """The API's names, imported when first asked for."""
     if name in _API:
         import importlib
-        return getattr(importlib.import_module(_API[name]), name)
+        value = getattr(importlib.import_module(_API[name]), name)
+        # kept here: importing a submodule of the same name would otherwise leave the module in its place
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'tda' has no attribute {name!r}")
