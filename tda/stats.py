@@ -17,6 +17,7 @@ from scipy import integrate
 from scipy import stats as sps
 
 ArrayLike = np.ndarray
+_CHUNK = 1 << 20  # entries per chunk where a whole-length temporary would cost memory
 
 
 def average_last_k(scores: ArrayLike, k: int) -> np.ndarray:
@@ -107,19 +108,43 @@ def t_pvalues(st: SeedStats) -> np.ndarray:
 
 
 def benjamini_hochberg(p: ArrayLike) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values) over all entries, same shape as `p`."""
+    """Benjamini-Hochberg adjusted p-values (q-values) over all entries, same shape as `p`.
+
+    q_(i) = min(1, min_{j >= i} p_(j) m / j) over the sorted p-values. Written to hold few temporaries, so that
+    20 million p-values (one method's pairs at one K of a TRAK-sized array) need about 4 x 160 MB.
+    """
     p = np.asarray(p, dtype=np.float64)
     flat = p.ravel()
     m = flat.size
     if m == 0:
         return p.copy()
     order = np.argsort(flat, kind="stable")
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    # q_(i) = min_{j >= i} p_(j) m / j: a running minimum from the largest p down
-    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    scaled = flat[order]
+    for a in range(0, m, _CHUNK):  # p_(j) m / j, chunk by chunk (no m-long array of ranks)
+        b = min(a + _CHUNK, m)
+        scaled[a:b] = scaled[a:b] * m / np.arange(a + 1, b + 1)
+    carry = np.inf  # running minimum from the largest p down, chunk by chunk from the end
+    for b in range(m, 0, -_CHUNK):
+        a = max(b - _CHUNK, 0)
+        run = np.minimum.accumulate(scaled[a:b][::-1])
+        np.minimum(run, carry, out=run)
+        carry = run[-1]
+        scaled[a:b] = np.minimum(run[::-1], 1.0)
     q = np.empty(m)
-    q[order] = q_sorted
+    q[order] = scaled
     return q.reshape(p.shape)
+
+
+def bh_count_below(tail: ArrayLike, m: int, alpha: float = 0.05) -> int:
+    """How many of m p-values have a BH q-value below alpha, given `tail`: every p-value below alpha (more may be in).
+
+    The BH rejections are the R smallest p-values, R = max{j : p_(j) m / j < alpha}; only p-values below alpha
+    can satisfy that, and their ranks among all m are their ranks in `tail`. Equals
+    `(benjamini_hochberg(p) < alpha).sum()` without sorting all m.
+    """
+    s = np.sort(np.asarray(tail, dtype=np.float64).ravel())
+    hits = np.flatnonzero(s * m / np.arange(1, s.size + 1) < alpha)
+    return int(hits[-1]) + 1 if hits.size else 0
 
 
 def fraction_below(p: ArrayLike, alpha: float = 0.05) -> float:
@@ -138,3 +163,70 @@ def correlation_matrix(values: dict[str, ArrayLike], method: str = "pearson") ->
     frame = pd.DataFrame({k: np.asarray(v, dtype=np.float64).ravel() for k, v in values.items()})
     frame = frame.where(np.isfinite(frame))
     return frame.corr(method=method)
+
+
+@dataclass
+class Comoments:
+    """Running count, means and centred (co)moments of pairs (x, y), merged block by block (Chan et al.).
+
+    Gives Pearson's r of vectors seen in pieces, e.g. the mu of two methods over 20 million pairs, without
+    holding them whole; entries where x or y is not finite are left out (as `correlation_matrix` does).
+    """
+
+    n: int = 0
+    mx: float = 0.0
+    my: float = 0.0
+    cxx: float = 0.0
+    cyy: float = 0.0
+    cxy: float = 0.0
+
+    def add(self, x: ArrayLike, y: ArrayLike) -> None:
+        """Merge one block of pairs."""
+        x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+        keep = np.isfinite(x) & np.isfinite(y)
+        if not keep.all():
+            x, y = x[keep], y[keep]
+        nb = x.size
+        if nb == 0:
+            return
+        bx, by = x.mean(), y.mean()
+        dx, dy = x - bx, y - by
+        sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+        n = self.n + nb
+        ex, ey = bx - self.mx, by - self.my
+        w = self.n * nb / n
+        self.cxx += sxx + ex * ex * w
+        self.cyy += syy + ey * ey * w
+        self.cxy += sxy + ex * ey * w
+        self.mx += ex * nb / n
+        self.my += ey * nb / n
+        self.n = n
+
+    @property
+    def r(self) -> float:
+        """Pearson's correlation coefficient (NaN with fewer than 2 pairs or a constant side)."""
+        den = np.sqrt(self.cxx * self.cyy)
+        return float(self.cxy / den) if self.n >= 2 and den > 0 else float("nan")
+
+
+def average_ranks(v: ArrayLike) -> np.ndarray:
+    """Ranks 1..n of a vector, ties given their average rank (scipy.stats.rankdata's default), float64.
+
+    float64 because ranks above 2**24 (16.8 million) are not exact in float32.
+    """
+    v = np.asarray(v).ravel()
+    n = v.size
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    new = np.empty(n, dtype=bool)
+    new[:1] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    del s
+    ranks = np.empty(n)
+    if new.all():  # no ties: the sorted position is the rank
+        ranks[order] = np.arange(1, n + 1, dtype=np.float64)
+        return ranks
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
