@@ -2,9 +2,9 @@
 and what the tables need of them (sums, counts, histogram counts, the tails BH needs, the strongest pairs),
 gathered without holding every pair's scores.
 
-One implementation for the scripts and the in-memory API: `pair_blocks` reads a `ScoreSource` block of
-training rows by block, averages each seed's last K checkpoints in float64 and yields the statistics
-of `tda.stats`; `KTally` and `Strongest` fold blocks into the p-value step's numbers; `analyse` keeps
+One implementation for the scripts and the in-memory API: `k_blocks` reads a `ScoreSource` block of
+training rows by block, averages each seed's last K checkpoints in float64 (summed from the last one back,
+so every K and every path does the same additions) and yields the statistics of `tda.stats`; `KTally` and `Strongest` fold blocks into the p-value step's numbers; `analyse` keeps
 every pair in memory (the API's object, the study).
 """
 from __future__ import annotations
@@ -56,20 +56,34 @@ class PairBlock:
     p_t: np.ndarray | None
 
 
-def pair_blocks(src: ScoreSource, k: int, sel: Selection | None = None, t_test: bool = True) -> Iterator[PairBlock]:
-    """Every pair's statistics with tau averaged over each seed's last K checkpoints, block by block of rows."""
-    n_ckpts = src.shape[1]
+def k_blocks(src: ScoreSource, ks: Sequence[int], sel: Selection | None = None,
+             t_test: bool = True) -> Iterator[dict[int, PairBlock]]:
+    """Every pair's statistics at each K in `ks` (tau averaged over each seed's last K checkpoints), block by block
+    of rows: the last max(ks) checkpoints are read once and summed from the last one back, in float64."""
+    n_ckpts, kmax = src.shape[1], max(ks)
     sel = sel or Selection.everything(src.shape)
     step = rows_per_block(len(sel.seeds), n_ckpts, sel.n_rows, sel.n_cols)
     for a in range(0, sel.n_rows, step):
         b = min(a + step, sel.n_rows)
-        x = src.read(sel.seeds, slice(n_ckpts - k, n_ckpts), slice(a, b) if sel.rows is None else sel.rows[a:b])
+        x = src.read(sel.seeds, slice(n_ckpts - kmax, n_ckpts), slice(a, b) if sel.rows is None else sel.rows[a:b])
         if sel.cols is not None:
             x = x[..., sel.cols]
-        per_seed = x.mean(axis=1, dtype=np.float64)  # = stats.average_last_k, without a float64 copy of x
+        total, out = x[:, -1].astype(np.float64), {}
+        for k in range(1, kmax + 1):
+            if k > 1:
+                total += x[:, -k]  # the same additions in the same order whichever K are asked for
+            if k in ks:
+                per_seed = total / k
+                st = stats.seed_statistics(per_seed)
+                out[k] = PairBlock(a, b, per_seed, st, stats.z_pvalues(st.snr), stats.t_pvalues(st) if t_test else None)
         del x
-        st = stats.seed_statistics(per_seed)
-        yield PairBlock(a, b, per_seed, st, stats.z_pvalues(st.snr), stats.t_pvalues(st) if t_test else None)
+        yield out
+
+
+def pair_blocks(src: ScoreSource, k: int, sel: Selection | None = None, t_test: bool = True) -> Iterator[PairBlock]:
+    """Every pair's statistics at one K, block by block of rows (the numbers `k_blocks` gives for that K)."""
+    for blocks in k_blocks(src, [k], sel, t_test):
+        yield blocks[k]
 
 
 @dataclass
@@ -125,7 +139,7 @@ class Strongest:
     def add(self, blk: PairBlock) -> None:
         """Fold in one block: keep the TOP strongest of what was kept and this block."""
         strength = np.abs(blk.st.snr).ravel()
-        cand = np.argsort(-strength, kind="stable")[: self.top]
+        cand = np.argpartition(-strength, self.top)[: self.top] if strength.size > self.top else np.arange(strength.size)
         m = blk.st.snr.shape[1]
         new = {"row": blk.start + cand // m, "col": cand % m, "mu": blk.st.mu.ravel()[cand],
                "sigma": blk.st.sigma.ravel()[cand], "snr": blk.st.snr.ravel()[cand], "p_z": blk.p_z.ravel()[cand],
@@ -166,24 +180,16 @@ class SharedShare:
         return float(np.mean(shares))
 
 
-@dataclass
-class KArrays:
-    """Every pair's statistics at one K, [N, M] each, and the K's tally."""
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    snr: np.ndarray
-    p_z: np.ndarray
-    p_t: np.ndarray
-    q_t: np.ndarray
-    tally: KTally
+STATS = ("mu", "sigma", "snr", "p_z", "p_t", "q_t")
 
 
 @dataclass
 class Analysis:
-    """One method at every K = 1..C, all pairs in memory; the strongest pairs and shared share at K = C."""
+    """One method at every K = 1..C, all pairs in memory: arrays [C, N, M] (index K - 1: tau averaged over each
+    seed's last K checkpoints), each K's tally, and the strongest pairs and shared-variance share at K = C."""
 
-    per_k: dict[int, KArrays]
+    arrays: dict[str, np.ndarray]
+    tallies: dict[int, KTally]
     strongest: dict[str, np.ndarray]
     shared_share: float
 
@@ -191,18 +197,19 @@ class Analysis:
 def analyse(src: ScoreSource) -> Analysis:
     """All pairs' statistics and BH q-values at K = 1..C, in memory (the blocks are those of the p-value step)."""
     n_seeds, n_ckpts, n, m = src.shape
-    per_k, top, share = {}, Strongest(), SharedShare(n_seeds, m)
+    arrays = {name: np.empty((n_ckpts, n, m)) for name in STATS}
+    tallies, top, share = {}, Strongest(), SharedShare(n_seeds, m)
     for k in range(1, n_ckpts + 1):
-        arrays = {name: np.empty((n, m)) for name in ("mu", "sigma", "snr", "p_z", "p_t")}
-        tally = KTally(k, n_seeds)
-        for blk in pair_blocks(src, k):
+        tallies[k] = KTally(k, n_seeds)
+    for blocks in k_blocks(src, range(1, n_ckpts + 1)):
+        for k, blk in blocks.items():
             rows = slice(blk.start, blk.stop)
             for name, v in (("mu", blk.st.mu), ("sigma", blk.st.sigma), ("snr", blk.st.snr), ("p_z", blk.p_z),
                             ("p_t", blk.p_t)):
-                arrays[name][rows] = v
-            tally.add(blk)
-            if k == n_ckpts:
-                top.add(blk)
-                share.add(blk)
-        per_k[k] = KArrays(**arrays, q_t=stats.benjamini_hochberg(arrays["p_t"]), tally=tally)
-    return Analysis(per_k, top.significant(per_k[n_ckpts].q_t), share.value())
+                arrays[name][k - 1, rows] = v
+            tallies[k].add(blk)
+        top.add(blocks[n_ckpts])
+        share.add(blocks[n_ckpts])
+    for k in tallies:
+        arrays["q_t"][k - 1] = stats.benjamini_hochberg(arrays["p_t"][k - 1])
+    return Analysis(arrays, tallies, top.significant(arrays["q_t"][-1]), share.value())

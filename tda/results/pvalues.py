@@ -44,8 +44,8 @@ class MethodPValues:
 def method_pvalues(ms: MethodScores) -> MethodPValues:
     """For K = 1..C: tau averaged over each seed's last K checkpoints, mu/sigma/SNR over seeds, both tests."""
     a = analyse(ms.source)
-    return MethodPValues({k: v.p_z for k, v in a.per_k.items()}, {k: v.p_t for k, v in a.per_k.items()},
-                         [v.tally.row(ms.label) for v in a.per_k.values()])
+    return MethodPValues({k: a.arrays["p_z"][k - 1] for k in a.tallies}, {k: a.arrays["p_t"][k - 1] for k in a.tallies},
+                         [t.row(ms.label) for t in a.tallies.values()])
 
 
 def tables(tallies: dict[str, dict[int, KTally]]) -> tuple[pd.DataFrame, pd.DataFrame]:

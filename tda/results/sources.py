@@ -1,6 +1,6 @@
 """Attribution scores [S seeds, C checkpoints, N train, M test] read block by block, never whole.
 
-A source hands out the rows of some training samples, for chosen seeds and checkpoints, as a copy:
+A source hands out the rows of some training samples, for chosen seeds and checkpoints, never to be modified:
 `read(seeds, ckpts, rows) -> [s, k, b, M]` in the file's dtype (float32 stays float32). Files are
 memory-mapped only for the duration of one read (`.npy` through `np.load(mmap_mode='r')`, `.pt`
 through `torch.load(mmap=True)`), so the pages a read touched leave the process with it: a 4 GB
@@ -30,7 +30,7 @@ class ScoreSource(Protocol):
     dtype: np.dtype
 
     def read(self, seeds: Sequence[int], ckpts: slice, rows: Rows) -> np.ndarray:
-        """A copy of scores[seeds][:, ckpts][:, :, rows]: [len(seeds), k, b, M]."""
+        """scores[seeds][:, ckpts][:, :, rows]: [len(seeds), k, b, M] (a copy, or a view the caller must not modify)."""
         ...
 
 
@@ -49,6 +49,8 @@ class ArraySource:
         self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
 
     def read(self, seeds: Sequence[int], ckpts: slice, rows: Rows) -> np.ndarray:
+        if list(seeds) == list(range(self.shape[0])) and isinstance(rows, slice):
+            return self.array[:, ckpts, rows]  # a view: readers never write to what they read
         return np.stack([self.array[s, ckpts][:, rows] for s in seeds])
 
 
