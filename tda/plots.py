@@ -63,27 +63,27 @@ def pvalue_histogram(counts: dict[str, dict[int, np.ndarray]], label: str, n_see
     return fig
 
 
-def image_pairs(pairs: list[tuple[np.ndarray, np.ndarray, str, str, str]], title: str, per_row: int = 3) -> Figure:
-    """Train-test image pairs side by side: (train image, test image, train caption, test caption, pair caption).
-
-    Images are [C, H, W] model inputs, each scaled to its own range for display (grey for one channel).
-    """
+def image_pairs(rows: list[list[tuple[np.ndarray, np.ndarray, str, str, str]]], title: str) -> Figure:
+    """Train-test image pairs side by side, one row per method: each pair is (train image, test image, train
+    caption, test caption, pair caption). Images are [C, H, W] model inputs, each scaled to its own range for
+    display (grey for one channel)."""
     sns.set_theme(style="white")
-    rows = max(1, -(-len(pairs) // per_row))
-    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(2.2 * 2 * per_row, 2.6 * rows), squeeze=False)
+    per_row = max(len(r) for r in rows)
+    ratios = sum(([1, 1, 0.35] for _ in range(per_row)), [])[:-1]  # a gap between pairs, none within one
+    fig, axes = plt.subplots(len(rows), len(ratios), figsize=(1.9 * sum(ratios), 2.5 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.05})
     for ax in axes.ravel():
         ax.axis("off")
-    for i, (a, b, cap_a, cap_b, cap) in enumerate(pairs):
-        r, c = divmod(i, per_row)
-        for ax, img, cap_img in ((axes[r, 2 * c], a, cap_a), (axes[r, 2 * c + 1], b, cap_b)):
-            x = np.asarray(img, dtype=np.float64)
-            x = (x - x.min()) / (np.ptp(x) or 1.0)
-            ax.imshow(x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1), cmap="gray" if x.shape[0] == 1 else None,
-                      vmin=0, vmax=1)
-            ax.set_title(cap_img, fontsize=8)
-        axes[r, 2 * c].text(1.1, -0.12, cap, transform=axes[r, 2 * c].transAxes, ha="center", va="top", fontsize=8)
+    for r, pairs in enumerate(rows):
+        for c, (a, b, cap_a, cap_b, cap) in enumerate(pairs):
+            for ax, img, cap_img in ((axes[r, 3 * c], a, cap_a), (axes[r, 3 * c + 1], b, cap_b)):
+                x = np.asarray(img, dtype=np.float64)
+                x = (x - x.min()) / (np.ptp(x) or 1.0)
+                ax.imshow(x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1),
+                          cmap="gray" if x.shape[0] == 1 else None, vmin=0, vmax=1)
+                ax.set_title(cap_img, fontsize=8)
+            axes[r, 3 * c].text(1.0, -0.08, cap, transform=axes[r, 3 * c].transAxes, ha="center", va="top", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

@@ -85,16 +85,20 @@ def _caption(label: object) -> str:
 def write_trust(out: Outputs, frame: pd.DataFrame, subsets: Subsets | None, fp: Fingerprint) -> None:
     """trusted_pairs.csv, and beside it the figure of the strongest pairs when their images are known."""
     out.write(TRUST_CSV, frame.to_csv(index=False, float_format="%.7g"), fp)
-    pairs = []
+    rows = []
     if subsets is not None:
-        for _, r in frame.groupby("method", sort=False).head(IN_FIGURE).iterrows():
-            a, b = subsets.image("train", int(r.train_index)), subsets.image("test", int(r.test_index))
-            if a is not None and b is not None:
-                pairs.append((a, b, f"train {r.train_index}{_caption(r.train_label)}",
-                              f"test {r.test_index}{_caption(r.test_label)}",
-                              f"{r.method}: mu {r.mu:+.3g}, SNR {r.snr:+.3g}, q {r.q_t:.2g}"))
-    if pairs:
-        fig = plots.image_pairs(pairs, f"Strongest train-test pairs significant after BH (t-test, q < {ALPHA})")
+        for _, group in frame.groupby("method", sort=False):
+            row = []
+            for r in group.head(IN_FIGURE).itertuples():
+                a, b = subsets.image("train", int(r.train_index)), subsets.image("test", int(r.test_index))
+                if a is not None and b is not None:
+                    row.append((a, b, f"train {r.train_index}{_caption(r.train_label)}",
+                                f"test {r.test_index}{_caption(r.test_label)}",
+                                f"{r.method}: mu {r.mu:+.3g}, SNR {r.snr:+.3g}, q {r.q_t:.2g}"))
+            if row:
+                rows.append(row)
+    if rows:
+        fig = plots.image_pairs(rows, f"Strongest train-test pairs significant after BH (t-test, q < {ALPHA})")
         write_figure(out, TRUST_FIG.removesuffix(".png"), fig, fp)
     else:
         out.remove(TRUST_FIG)
