@@ -65,15 +65,21 @@ def _mapped(path: Path):
     return obj["scores"] if isinstance(obj, dict) else obj
 
 
-def _rows_of(mapped, ckpts: slice, rows: Rows) -> np.ndarray:
-    """A copy of mapped[ckpts][:, rows] as numpy (a tensor's float types other than float32/64 become float64)."""
+def _rows_into(out: np.ndarray, mapped, ckpts: slice, rows: Rows) -> None:
+    """Copy mapped[ckpts][:, rows] into `out` (a tensor's values converted to out's dtype)."""
     part = mapped[ckpts]
-    part = part[:, torch.as_tensor(rows)] if isinstance(part, torch.Tensor) and not isinstance(rows, slice) \
-        else part[:, rows]
     if isinstance(part, torch.Tensor):
-        part = part if part.dtype in (torch.float32, torch.float64) else part.double()
-        return part.numpy().copy()
-    return _float(np.array(part))
+        part = part[:, torch.as_tensor(rows)] if not isinstance(rows, slice) else part[:, rows]
+        out[...] = part.numpy() if part.dtype in (torch.float32, torch.float64) else part.double().numpy()
+    else:
+        out[...] = part[:, rows]
+
+
+def _empty(src: ScoreSource, seeds: Sequence[int], ckpts: slice, rows: Rows) -> np.ndarray:
+    """The array a read fills: [seeds, checkpoints, rows, M] in the source's dtype (float32 or float64)."""
+    k = len(range(*ckpts.indices(src.shape[1])))
+    b = len(range(*rows.indices(src.shape[2]))) if isinstance(rows, slice) else len(rows)
+    return np.empty((len(seeds), k, b, src.shape[3]), dtype=src.dtype if src.dtype == np.float32 else np.float64)
 
 
 class FileSource:
@@ -83,8 +89,10 @@ class FileSource:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
 
     def read(self, seeds: Sequence[int], ckpts: slice, rows: Rows) -> np.ndarray:
+        out = _empty(self, seeds, ckpts, rows)
         m = _mapped(self.path)
-        out = np.stack([_rows_of(m[s], ckpts, rows) for s in seeds])
+        for i, s in enumerate(seeds):
+            _rows_into(out[i], m[s], ckpts, rows)
         del m
         return out
 
@@ -96,12 +104,12 @@ class SeedFilesSource:
         self.files, self.shape, self.dtype = [Path(f) for f in files], tuple(shape), np.dtype(dtype)
 
     def read(self, seeds: Sequence[int], ckpts: slice, rows: Rows) -> np.ndarray:
-        parts = []
-        for s in seeds:
+        out = _empty(self, seeds, ckpts, rows)
+        for i, s in enumerate(seeds):
             m = _mapped(self.files[s])
-            parts.append(_rows_of(m[None] if m.ndim == 2 else m, ckpts, rows))
+            _rows_into(out[i], m[None] if m.ndim == 2 else m, ckpts, rows)
             del m
-        return np.stack(parts)
+        return out
 
 
 def _describe(path: Path) -> tuple[tuple, np.dtype, dict]:
