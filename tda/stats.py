@@ -217,21 +217,27 @@ class Comoments:
 def average_ranks(v: ArrayLike) -> np.ndarray:
     """Ranks 1..n of a vector, ties given their average rank (scipy.stats.rankdata's default), float64.
 
-    float64 because ranks above 2**24 (16.8 million) are not exact in float32.
+    float64 because ranks above 2**24 (16.8 million) are not exact in float32. Besides `v` and the result it
+    holds the sort order (8 bytes an entry) and a few chunks: about 500 MB for 20 million entries.
     """
     v = np.asarray(v).ravel()
     n = v.size
-    order = np.argsort(v, kind="stable")
-    s = v[order]
-    new = np.empty(n, dtype=bool)
-    new[:1] = True
-    np.not_equal(s[1:], s[:-1], out=new[1:])
-    del s
+    order = np.argsort(v)  # tied entries get the same (average) rank, so their order does not matter
+    new = np.ones(n, dtype=bool)  # sorted position i starts a group of equal values
+    for a in range(1, n, _CHUNK):
+        s = v[order[a - 1:min(a + _CHUNK, n)]]
+        np.not_equal(s[1:], s[:-1], out=new[a:a + s.size - 1])
     ranks = np.empty(n)
     if new.all():  # no ties: the sorted position is the rank
-        ranks[order] = np.arange(1, n + 1, dtype=np.float64)
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            ranks[order[a:b]] = np.arange(a + 1, b + 1, dtype=np.float64)
         return ranks
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], n)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    bounds = np.flatnonzero(np.append(new, True))  # group g holds sorted positions bounds[g]..bounds[g + 1] - 1
+    starts = 0  # groups that start before position a
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        g = starts + np.cumsum(new[a:b]) - 1
+        starts = int(g[-1]) + 1
+        ranks[order[a:b]] = (bounds[g] + bounds[g + 1] + 1) / 2.0
     return ranks

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .. import stats
 from .matching import Member, Shared
@@ -108,7 +109,8 @@ def correlation_matrices(members: list[Member], shared: Shared) -> dict[tuple[st
     finite: dict[tuple[str, str], bool] = {}
     try:
         for i, (m, sel) in enumerate(zip(members, shared.selections)):
-            for blk in pair_blocks(m.source, m.k, sel, t_test=False):
+            for blk in tqdm(pair_blocks(m.source, m.k, sel, t_test=False), desc=f"{m.label} statistics", leave=False,
+                            disable=shared.n_pairs < 1 << 20):
                 for s, v in (("mean", blk.st.mu), ("std", blk.st.sigma), ("snr", blk.st.snr)):
                     vec.append(f"{i}.{s}", v)
                     finite[(labels[i], s)] = finite.get((labels[i], s), True) and bool(np.isfinite(v).all())

@@ -136,7 +136,8 @@ def write_method(out: Outputs, ms: MethodScores, fp: Fingerprint) -> MethodResul
             try:
                 for k in range(1, n_ckpts + 1):
                     q_t = stats.benjamini_hochberg(stash.get(k), overwrite=True)
-                    for blk in pair_blocks(src, k, t_test=False):
+                    for blk in tqdm(pair_blocks(src, k, t_test=False), desc=f"{ms.label} table K={k}", leave=False,
+                                    disable=n * m < 1 << 20):
                         rows = slice(blk.start, blk.stop)
                         writer.write(tidy(k, train[rows], test, mu=blk.st.mu, sigma=blk.st.sigma, snr=blk.st.snr,
                                           p_z=blk.p_z, p_t=stash.rows(k, blk.start, blk.stop), q_t=q_t[rows]))

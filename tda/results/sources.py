@@ -15,6 +15,7 @@ from typing import Protocol, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import TDAError
 
@@ -195,7 +196,8 @@ def check_finite(src: ScoreSource, where: str, rows_per_read: int) -> None:
     """A one-line error when any score is NaN or infinite (read block by block)."""
     S, C, N, _ = src.shape
     bad = 0
-    for a in range(0, N, rows_per_read):
+    for a in tqdm(range(0, N, rows_per_read), desc=f"checking {where}", leave=False, disable=src.shape[0] * src.shape[1]
+                  * N * src.shape[3] < 1 << 24):
         bad += int((~np.isfinite(src.read(range(S), slice(0, C), slice(a, min(a + rows_per_read, N))))).sum())
     if bad:
         raise TDAError(f"{where}: {bad} NaN or infinite values: only finite scores can be tested")
