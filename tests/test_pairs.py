@@ -199,3 +199,24 @@ def test_correlations_over_shared_pairs_match_scipy(monkeypatch):
         assert mats[("spearman", stat)].loc["A", "B"] == pytest.approx(sps.spearmanr(va[ok], vb[ok])[0], rel=1e-10)
         assert mats[("pearson", stat)].loc["A", "A"] == 1.0
     assert shared.train == [TRAIN[r] for r in keep_r] and len(shared.test) == M - 3
+
+
+def test_large_mode_writes_the_same_files(tmp_path, run, monkeypatch):
+    """p-values kept in a temporary file between the passes, one row per block: the same bytes as in memory."""
+    x = planted(seed=9, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    small = run("small", tmp_path / "x.npy")
+    monkeypatch.setattr("tda.results.perpair.STASH_IN_MEMORY", 1)
+    monkeypatch.setattr(pairs, "BLOCK_BYTES", 1)
+    large = run("large", tmp_path / "x.npy")
+    names = sorted(p.name for p in small.iterdir() if not p.name.startswith(".") and p.name != "report.md")
+    assert "pairs_trak.parquet" in names
+    for name in names:
+        if name.endswith(".csv") or name.endswith(".parquet"):
+            a, b = (d / name for d in (small, large))
+            if name.endswith(".parquet"):
+                pd.testing.assert_frame_equal(read_pairs(a), read_pairs(b), check_exact=True)
+            elif name in ("significance.csv", "mean_p_values.csv"):  # sums over other blocks: last digits
+                pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b), rtol=1e-13)
+            else:
+                assert a.read_bytes() == b.read_bytes(), name
