@@ -163,7 +163,7 @@ def correlations_with_scores(cfg: ExperimentConfig | None, out_dir: Path, scores
         seeds = load_seeds(cfg.root) if cfg is not None else None
         members = [member(inv.open(m), k) for m in own]
         members += [member(_with_seed_names(e, seeds, log), k) for e in externals]
-        for m, e in zip(members[len(own):], externals):
+        for m in members[len(own):]:
             if k is not None and m.k < k:
                 log(f"{m.label}: {m.k} checkpoint(s) per seed, averaged over those (ours over {k})")
         mats = write_correlations(out, members, fp_all, out_dir.name, log)

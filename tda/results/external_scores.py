@@ -92,14 +92,10 @@ def load_external(scores: ScoresLike, method_name: str, train_indices: Sequence[
     seeds_named = seeds is not None or named is not None
     seeds = list(seeds) if seeds is not None else named or list(range(shape[0]))
     epochs = list(ckpt_epochs) if ckpt_epochs is not None else meta.get("ckpt_epochs", list(range(shape[1])))
-    ms = MethodScores(method_name, [int(s) for s in seeds], src if files is not None else _array(src),
+    ms = MethodScores(method_name, [int(s) for s in seeds], src if files is not None else src.array,
                       [int(i) for i in train], [int(i) for i in test], [int(e) for e in epochs],
                       {"scores": str(scores) if files is not None else "array"}, label=method_name.upper())
     return External(ms, files, seeds_named)
-
-
-def _array(src: ArraySource) -> np.ndarray:
-    return src.array
 
 
 def index_files(train_file: str | None, test_file: str | None) -> tuple[list[int] | None, list[int] | None]:

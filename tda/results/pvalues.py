@@ -23,7 +23,7 @@ from ..locking import claim, lock_path
 from .outputs import Fingerprint, Outputs, markdown_table
 from .pairfile import pairs_name, pvalue_csv_name
 from .pairs import ALPHA, KTally, analyse
-from .perpair import TEST_NAMES, MethodResult, hist_name, write_method
+from .perpair import MethodResult, hist_name, write_method
 from .trust import TRUST_CSV, Subsets, trusted_frame, write_trust
 
 PVALUES_MANIFEST = ".pvalues_manifest.json"

@@ -162,7 +162,8 @@ def figure_paths(cfg: ExperimentConfig) -> list[Path]:
     hists = [d / hist_name(m) for m in _in_order(used) if (d / hist_name(m)).exists()]
     corr = [d / f"{corr_fig_stem(k)}.{e}" for k in CORR_KINDS for e in FIG_FORMATS
             if (d / f"{corr_fig_stem(k)}.{e}").exists()]
-    return hists + [d / TRUST_FIG] * (d / TRUST_FIG).exists() + corr
+    trusted = [d / TRUST_FIG] if (d / TRUST_FIG).exists() else []
+    return hists + trusted + corr
 
 
 def main(argv: list[str] | None = None) -> None:
