@@ -26,7 +26,7 @@ from .results.external_scores import External, ScoresLike, load_external
 from .results.matching import share
 from .results.pairfile import tidy, to_frame
 from .results.pairs import ALPHA, analyse
-from .results.perpair import TEST_NAMES, MethodResult
+from .results import perpair
 from .results.pvalues import tables
 from .results.trust import trusted_frame
 
@@ -99,11 +99,11 @@ def significance(scores: ScoresLike, train_ids: Sequence[int] | None = None, tes
     ms = ext.ms
     a = analyse(ms.source)
     mean_p, fractions = tables({ms.label: a.tallies})
-    trusted = trusted_frame([MethodResult(ms, a.tallies, a.strongest, a.shared_share)], None)
-    counts = {TEST_NAMES[t]: {k: tl.hist[t] for k, tl in a.tallies.items()} for t in ("z", "t")}
+    trusted = trusted_frame([perpair.MethodResult(ms, a.tallies, a.strongest, a.shared_share)], None)
     return Significance(ms.method, np.asarray(ms.train_indices), np.asarray(ms.test_indices), list(ms.seeds),
                         list(ms.ckpt_epochs), **a.arrays, mean_p=mean_p, fractions=fractions,
-                        trusted=trusted.drop(columns=["train_label", "test_label"]), hist_counts=counts, external=ext)
+                        trusted=trusted.drop(columns=["train_label", "test_label"]),
+                        hist_counts=perpair.hist_counts(a.tallies), external=ext)
 
 
 def _as_member(x: Union[Significance, np.ndarray, torch.Tensor], name: str, k: int):

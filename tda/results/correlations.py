@@ -141,7 +141,8 @@ def correlations_with_scores(cfg: ExperimentConfig | None, out_dir: Path, scores
     """run_correlations.py --scores: external methods correlated with each other and, when `cfg` is an experiment
     with scores, with its own methods (LOO included), over the pairs and seeds they share, into `out_dir`."""
     if len(scores) != len(method_names):
-        raise TDAError(f"--scores lists {len(scores)} source(s) and --method_name {len(method_names)}: give one name each")
+        raise TDAError(f"--scores lists {len(scores)} source(s) and --method_name {len(method_names)}: "
+                       "give one name each")
     train, test = index_files(train_file, test_file)
     externals = [load_external(path, name, train, test) for path, name in zip(scores, method_names)]
     notes: list[str] = []

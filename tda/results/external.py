@@ -43,7 +43,8 @@ def external_report(out_dir: Path, name: str) -> Path:
              for m, d in info.items()]
     cols = ["method", "K", "n_seeds", "z_frac_p_lt_0.05", "z_frac_bh_lt_0.05", "t_frac_p_lt_0.05", "t_frac_bh_lt_0.05"]
     parts = [f"# Bayesian TDA results: {name}\n\nAttribution scores computed elsewhere, tested for significance over "
-             "seeds (`run_pvalues.py --scores`, or `tda.significance(scores).save(dir)`).\n\n", "\n".join(lines) + "\n\n",
+             "seeds (`run_pvalues.py --scores`, or `tda.significance(scores).save(dir)`).\n\n",
+             "\n".join(lines) + "\n\n",
              reading_guide(max((len(d["seeds"]) for d in info.values()), default=2)),
              "\n## Mean p-value (the paper's table)\n\nMean over all train-test pairs of the z-test p-value, rows = "
              "number K of last checkpoints averaged per seed (`mean_p_values.csv`; per-pair z-test p-values in "
@@ -117,7 +118,8 @@ def pvalues_with_scores(name: str, scores: list[str], method_names: list[str], t
     """run_pvalues.py --scores: external scores into results/NAME/, with the experiment NAME's own methods if it has
     any scores; returns the summary and the report's path."""
     if len(scores) != len(method_names):
-        raise TDAError(f"--scores lists {len(scores)} source(s) and --method_name {len(method_names)}: give one name each")
+        raise TDAError(f"--scores lists {len(scores)} source(s) and --method_name {len(method_names)}: "
+                       "give one name each")
     out_dir = results_name(name)
     train, test = index_files(train_file, test_file)
     items, cfg = [], experiment_or_none(name)

@@ -107,7 +107,8 @@ def index_files(train_file: str | None, test_file: str | None) -> tuple[list[int
 def add_scores_args(p: argparse.ArgumentParser) -> None:
     """--scores, --method_name, --train_indices, --test_indices of run_pvalues.py / run_correlations.py."""
     p.add_argument("--scores", nargs="+", action="extend", default=None,
-                   help="external scores: a .pt (tensor or dict with 'scores') or .npy file [seeds, checkpoints, N, M], "
+                   help="external scores: a .pt (tensor or dict with 'scores') or .npy file "
+                        "[seeds, checkpoints, N, M], "
                         "or a directory with one [checkpoints, N, M] file per seed; one per --method_name "
                         "(repeatable: --scores A --scores B, or --scores A B)")
     p.add_argument("--method_name", nargs="+", action="extend", default=None,

@@ -4,8 +4,9 @@ gathered without holding every pair's scores.
 
 One implementation for the scripts and the in-memory API: `k_blocks` reads a `ScoreSource` block of
 training rows by block, averages each seed's last K checkpoints in float64 (summed from the last one back,
-so every K and every path does the same additions) and yields the statistics of `tda.stats`; `KTally` and `Strongest` fold blocks into the p-value step's numbers; `analyse` keeps
-every pair in memory (the API's object, the study).
+so every K and every path does the same additions) and yields the statistics of `tda.stats`; `KTally`
+and `Strongest` fold blocks into the p-value step's numbers; `analyse` keeps every pair in memory (the
+API's object, the study).
 """
 from __future__ import annotations
 
@@ -139,7 +140,9 @@ class Strongest:
     def add(self, blk: PairBlock) -> None:
         """Fold in one block: keep the TOP strongest of what was kept and this block."""
         strength = np.abs(blk.st.snr).ravel()
-        cand = np.argpartition(-strength, self.top)[: self.top] if strength.size > self.top else np.arange(strength.size)
+        cand = np.arange(strength.size)
+        if strength.size > self.top:
+            cand = np.argpartition(-strength, self.top)[: self.top]
         m = blk.st.snr.shape[1]
         new = {"row": blk.start + cand // m, "col": cand % m, "mu": blk.st.mu.ravel()[cand],
                "sigma": blk.st.sigma.ravel()[cand], "snr": blk.st.snr.ravel()[cand], "p_z": blk.p_z.ravel()[cand],

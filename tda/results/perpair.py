@@ -31,6 +31,11 @@ def hist_name(method: str) -> str:
     return f"pvalue_hist_{method}.png"
 
 
+def hist_counts(tallies: dict[int, KTally]) -> dict[str, dict[int, np.ndarray]]:
+    """{test name: {K: p-value counts}}, what plots.pvalue_histogram draws."""
+    return {TEST_NAMES[t]: {k: tl.hist[t] for k, tl in tallies.items()} for t in ("z", "t")}
+
+
 class Stash:
     """Each K's [N, M] float64 t-test p-values, kept until BH needs them: in memory, or in a temp file without a
     name (gone with the process, even when it is killed) when they are large."""
@@ -126,9 +131,8 @@ def write_method(out: Outputs, ms: MethodScores, fp: Fingerprint) -> MethodResul
             stash.put(k, p_t)
             del p_t
         if not out.finished(hist_name(ms.method), fp):
-            counts = {TEST_NAMES[t]: {k: tl.hist[t] for k, tl in tallies.items()} for t in ("z", "t")}
             write_figure(out, hist_name(ms.method).removesuffix(".png"),
-                         plots.pvalue_histogram(counts, ms.label, n_seeds), fp)
+                         plots.pvalue_histogram(hist_counts(tallies), ms.label, n_seeds), fp)
         q_last: list[np.ndarray] = []
 
         def table(tmp: str) -> None:

@@ -31,8 +31,8 @@ TABLES = ("mean_p_values.csv", "significance.csv")
 FILES = ("mean_p_k.csv", "significance.csv", "mean_p_vs_k.csv", "mean_p_vs_k.png", "significance.png",
          "external_methods.csv", "report.md")
 #: what the summary lists of a method computed elsewhere
-EXTERNAL_COLUMNS = ["experiment", "method", "scores", "n_seeds", "n_train", "n_test", "K", "z_mean_p", "t_frac_bh_lt_0.05",
-                    "pearson_mean_vs_LOO", "spearman_mean_vs_LOO"]
+EXTERNAL_COLUMNS = ["experiment", "method", "scores", "n_seeds", "n_train", "n_test", "K", "z_mean_p",
+                    "t_frac_bh_lt_0.05", "pearson_mean_vs_LOO", "spearman_mean_vs_LOO"]
 
 
 def results_dir(root: Path, experiment: str) -> Path:
