@@ -196,8 +196,8 @@ def check_finite(src: ScoreSource, where: str, rows_per_read: int) -> None:
     """A one-line error when any score is NaN or infinite (read block by block)."""
     S, C, N, _ = src.shape
     bad = 0
-    for a in tqdm(range(0, N, rows_per_read), desc=f"checking {where}", leave=False, disable=src.shape[0] * src.shape[1]
-                  * N * src.shape[3] < 1 << 24):
+    big = src.shape[0] * src.shape[1] * N * src.shape[3] >= 1 << 28  # a bar only where the check takes a while
+    for a in tqdm(range(0, N, rows_per_read), desc=f"checking {where}", leave=False, disable=not big):
         bad += int((~np.isfinite(src.read(range(S), slice(0, C), slice(a, min(a + rows_per_read, N))))).sum())
     if bad:
         raise TDAError(f"{where}: {bad} NaN or infinite values: only finite scores can be tested")
