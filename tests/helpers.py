@@ -260,6 +260,16 @@ def readme_commands(path: Path | None = None) -> list[tuple[str, str]]:
     return out
 
 
+def fake_venv(where: Path) -> Path:
+    """A directory the Makefile takes for a finished .venv whose `python` runs the interpreter of these tests:
+    `make run VENV=<it, relative to REPO>` installs nothing, and PATH=<it>/bin:$PATH makes `python` this one."""
+    (where / "bin").mkdir(parents=True)
+    (where / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (where / "bin" / "python").chmod(0o755)
+    (where / ".installed").touch()  # newer than req.txt
+    return where
+
+
 def readme_section(heading: str) -> list[str]:
     """The commands of one README section's ```bash blocks."""
     cmds = [c for s, c in readme_commands() if s == heading]

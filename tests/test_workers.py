@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import EXP, REPO, artefacts, make_tiny_root, readme_section, script
+from helpers import EXP, REPO, artefacts, fake_venv, make_tiny_root, readme_section, script
 from tda import io
 from tda.config import TDAError, parse_experiment
 from tda.seeds import load_seeds
@@ -74,16 +73,6 @@ def test_shared_workers_keep_their_processes_between_steps():
     assert not pids() & first  # outside the block every call starts its own
 
 
-def fake_venv(where) -> str:
-    """A directory the Makefile takes for a finished .venv (its python runs this interpreter), relative to REPO:
-    `make run VENV=...` then installs nothing and runs the pipeline with the interpreter of these tests."""
-    (where / "bin").mkdir(parents=True)
-    (where / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    (where / "bin" / "python").chmod(0o755)
-    (where / ".installed").touch()  # newer than req.txt
-    return os.path.relpath(where, REPO)
-
-
 def test_pipeline_in_one_interpreter_equals_the_scripts_one_by_one(tiny_reference, tmp_path):
     """README's `make run` (run_experiment.sh: one interpreter, two workers kept across steps) against README's
     scripts in order, each alone with one worker (the reference run). The command is the README's; the test adds
@@ -91,7 +80,7 @@ def test_pipeline_in_one_interpreter_equals_the_scripts_one_by_one(tiny_referenc
     (cmd,) = [c for c in readme_section("Two commands") if c.startswith("make run")]
     root = make_tiny_root(tmp_path / "one")
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
-    r = subprocess.run([*shlex.split(cmd), f"EXPERIMENT={EXP}", f"VENV={fake_venv(tmp_path / 'venv')}"], cwd=REPO,
+    r = subprocess.run([*shlex.split(cmd), f"EXPERIMENT={EXP}", f"VENV={os.path.relpath(fake_venv(tmp_path / 'venv'), REPO)}"], cwd=REPO,
                        capture_output=True, text=True, timeout=600,
                        env=dict(env, TDA_ROOT=str(root), TDA_WORKERS="2", OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
