@@ -114,7 +114,14 @@ class Child:
 
     def wait(self, timeout: float = 600) -> Done:
         code = self.server.wait(self.pid, timeout)
-        return Done(code, self.out.read_text(), self.err.read_text())
+        return Done(code, *(p.read_text() if p.exists() else "" for p in (self.out, self.err)))
+
+    def started(self, timeout: float = 60) -> None:
+        """Wait until the child runs its script: its output files are open, everything before is the fork."""
+        deadline = time.monotonic() + timeout
+        while not self.err.exists() and self.poll() is None:
+            assert time.monotonic() < deadline, f"pid {self.pid} did not start in {timeout} s"
+            time.sleep(0.001)
 
     def poll(self) -> int | None:
         """The exit status if the child has ended, else None."""

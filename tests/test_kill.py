@@ -40,8 +40,9 @@ def _kill_in_a_write(prewarmed, argv, root, k: int) -> str:
 
 def _kill_after(prewarmed, argv, root, delay: float) -> float | None:
     """Start the step, SIGKILL it `delay` s later; None if it was killed, else how long it took to finish first."""
-    t0 = time.perf_counter()
     child = prewarmed.start(argv, env=_env(root))
+    child.started()
+    t0 = time.perf_counter()
     while time.perf_counter() - t0 < delay and child.poll() is None:
         time.sleep(0.002)
     if child.poll() is None:
