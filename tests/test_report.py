@@ -192,10 +192,16 @@ def test_no_scores_is_a_one_line_error(root, capsys):
     assert err.startswith("error: ") and "\n" not in err and "run_loo.py" in err
 
 
-def test_finished_steps_are_not_recomputed(root, monkeypatch):
-    # the figures' content is not the point here: stand-ins that depend on the data keep it fast
-    monkeypatch.setattr(plots, "figure_bytes", lambda fig, fmt: repr(
+def stand_in_figures(mp: pytest.MonkeyPatch) -> None:
+    """Figures rendered as a digest of what they show (texts, bars), not as PNG: where a test is about which files
+    are written, not about their pixels, this keeps it fast. Real PNGs, byte for byte across a killed and rerun
+    pipeline, are compared in tests/test_kill.py."""
+    mp.setattr(plots, "figure_bytes", lambda fig, fmt: repr(
         [[t.get_text() for t in ax.texts] + [len(ax.patches)] for ax in fig.axes]).encode())
+
+
+def test_finished_steps_are_not_recomputed(root, monkeypatch):
+    stand_in_figures(monkeypatch)
     cfg = parse_experiment(EXP)
     write_scores(cfg)
     run_pvalues.main(["--experiment", EXP])
@@ -235,18 +241,21 @@ def test_finished_steps_are_not_recomputed(root, monkeypatch):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, bytes]:
-    """The outputs of a run that was never killed."""
+    """The outputs of a run that was never killed (stand-in figures)."""
     cfg = parse_experiment(EXP, root=tmp_path_factory.mktemp("ref"))
     write_random_seeds(cfg.root / "random_seeds.pt")
     write_scores(cfg)
-    results.pvalues_step(cfg, log=lambda s: None)
-    results.correlations_step(cfg, log=lambda s: None)
-    report.write_report(cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        stand_in_figures(mp)
+        results.pvalues_step(cfg, log=lambda s: None)
+        results.correlations_step(cfg, log=lambda s: None)
+        report.write_report(cfg)
     return outputs(cfg)
 
 
 @pytest.mark.parametrize("kill_after", [4, 31])
 def test_killed_run_resumes_to_identical_outputs(root, monkeypatch, uninterrupted, kill_after):
+    stand_in_figures(monkeypatch)
     cfg = parse_experiment(EXP)
     write_scores(cfg)
     orig, n = results.Outputs.write, [0]
@@ -265,7 +274,7 @@ def test_killed_run_resumes_to_identical_outputs(root, monkeypatch, uninterrupte
     assert not [p for p in cfg.results_dir.iterdir() if p.name.endswith(".tmp")]
     run_pvalues.main(["--experiment", EXP])
     run_correlations.main(["--experiment", EXP])
-    assert outputs(cfg) == uninterrupted  # byte-identical, figures included
+    assert outputs(cfg) == uninterrupted  # byte-identical, figures (their stand-ins) included
     after = mtimes(cfg)
     assert all(after[f] == t for f, t in done.items() if not f.startswith("."))  # no finished file redone
 
