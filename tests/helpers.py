@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +226,12 @@ class Prewarmed:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
 
+    def __enter__(self) -> "Prewarmed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 # ---------------------------------------------------------------- the README's commands
 EXP = "cnn_digits3_2pc"  # the tiny experiment of make_tiny_root: 6 training and 20 test images, 3 seeds
@@ -317,6 +324,8 @@ class Reference:
 
 def build_reference(d: Path, server: "Prewarmed") -> Reference:
     """make_tiny_root, then the README's scripts in order on EXP, each alone (its own process, one worker)."""
+    import shutil
+    shutil.rmtree(d / "root", ignore_errors=True)  # what a build killed half-way left: the reference is never resumed
     root = make_tiny_root(d / "root")
     steps = []
     for argv in readme_pipeline_steps():
@@ -328,3 +337,25 @@ def build_reference(d: Path, server: "Prewarmed") -> Reference:
                       "stdout": done.stdout, "stderr": done.stderr})
     (d / "steps.json").write_text(json.dumps(steps, indent=1))
     return Reference(root, steps)
+
+
+def reference_in(shared: Path, server: "Callable[[], Prewarmed]") -> Reference:
+    """The reference run under `shared`/tiny_reference, built there first if no one has (`server()` gives the
+    interpreter to build it with): under a lock, so that processes sharing `shared` build it once."""
+    import fcntl
+    d = shared / "tiny_reference"
+    with open(shared / "tiny_reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (d / "steps.json").exists():
+            return build_reference(d, server())
+    return Reference(d / "root", json.loads((d / "steps.json").read_text()))
+
+
+if __name__ == "__main__":  # python tests/helpers.py DIR: the reference under DIR, built early by conftest
+    sys.path.insert(0, str(REPO))
+    _shared, _servers = Path(sys.argv[1]), []
+    try:
+        reference_in(_shared, lambda: _servers.append(Prewarmed(_shared / "builder")) or _servers[0])
+    finally:
+        for _s in _servers:
+            _s.close()

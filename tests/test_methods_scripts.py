@@ -19,6 +19,8 @@ from tda.training import train_seeds
 EXPERIMENT = "cnn_digits3_2pc"
 COLS = list(range(0, 300, 37))  # the test samples the plain references are computed on (of 300)
 
+pytestmark = pytest.mark.xdist_group("methods_scripts")  # one process: the tests share the trained experiment
+
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):

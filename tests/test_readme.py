@@ -156,7 +156,8 @@ def test_cluster_command_as_a_dry_run(tmp_path):
     them) and this interpreter for PYTHON=.venv/bin/python; the real submission runs in tests/test_slurm.py."""
     (cmd,) = readme_section("On a cluster")
     assert cmd.endswith(" --wait") and cmd.startswith("PYTHON=.venv/bin/python ")
-    cmd = cmd.replace("PYTHON=.venv/bin/python", f"PYTHON={shlex.quote(str(fake_venv(tmp_path / 'venv') / 'bin' / 'python'))}")
+    python = fake_venv(tmp_path / "venv") / "bin" / "python"
+    cmd = cmd.replace("PYTHON=.venv/bin/python", f"PYTHON={shlex.quote(str(python))}")
     torch.save(torch.arange(10, dtype=torch.int64), tmp_path / "random_seeds.pt")
     r = _bash(cmd.removesuffix(" --wait") + " --dry-run", _env(tmp_path))
     lines = [s for s in r.stdout.splitlines() if s and not s.startswith("#")]

@@ -29,6 +29,8 @@ N_PER_CLASS = 12  # 36 training images: batches of 32 and 4, so the shuffle matt
 N_TEST_STRIDE = 10  # every 10th image of digits3's 300 test images: 30
 N_TEST = 30
 
+pytestmark = pytest.mark.xdist_group("vit")  # one process: the tests share the fine-tuned tiny ViT
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -80,9 +80,9 @@ def test_pipeline_in_one_interpreter_equals_the_scripts_one_by_one(tiny_referenc
     (cmd,) = [c for c in readme_section("Two commands") if c.startswith("make run")]
     root = make_tiny_root(tmp_path / "one")
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
-    r = subprocess.run([*shlex.split(cmd), f"EXPERIMENT={EXP}", f"VENV={os.path.relpath(fake_venv(tmp_path / 'venv'), REPO)}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600,
-                       env=dict(env, TDA_ROOT=str(root), TDA_WORKERS="2", OMP_NUM_THREADS="1"))
+    venv = os.path.relpath(fake_venv(tmp_path / "venv"), REPO)
+    r = subprocess.run([*shlex.split(cmd), f"EXPERIMENT={EXP}", f"VENV={venv}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env=dict(env, TDA_ROOT=str(root), TDA_WORKERS="2", OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     heads = [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("== ")]
     assert heads[:-1] == ["== subsets", "== training", "== LOO", "== ATS", "== IF", "== GD and GC", "== p-values",
