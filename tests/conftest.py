@@ -21,16 +21,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import helpers  # noqa: E402
 from helpers import Prewarmed, Reference, reference_in  # noqa: E402
 
-#: the longest tests that share no module-scoped fixture, longest first (as measured): started first, so that
-#: the processes of `pytest -n` end together instead of one waiting for the other's last long test. Modules
-#: whose tests share module-scoped fixtures stay together on one process (their xdist_group mark).
+#: the longest tests that share no module-scoped fixture, longest first (as measured) except that those needing the
+#: reference run come after the first few, when its background build has finished: started first, so that the
+#: processes of `pytest -n` end together instead of one waiting for the other's last long test. Modules whose
+#: tests share module-scoped fixtures stay together on one process (their xdist_group mark) and start before these.
 LONGEST_FIRST = (
-    "test_provenance.py::test_changed_index_recomputes_exactly_what_depends_on_it",
     "test_readme.py::test_vit_commands_with_the_tiny_model",
+    "test_own_data.py::test_readme_commands_run_end_to_end",
     "test_kill.py::",
+    "test_provenance.py::test_changed_index_recomputes_exactly_what_depends_on_it",
     "test_workers.py::test_pipeline_in_one_interpreter_equals_the_scripts_one_by_one",
     "test_workers.py::test_parallel_seeds_equal_one_process",
-    "test_own_data.py::test_readme_commands_run_end_to_end",
     "test_readme.py::test_bench_methods_quick_runs_and_its_fast_paths_equal_its_loops",
     "test_workers.py::test_shared_workers_keep_their_processes_between_steps",
 )
