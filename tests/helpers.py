@@ -37,6 +37,15 @@ def close(fast: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-7) -> None:
     torch.testing.assert_close(fast, ref, rtol=rtol, atol=rtol * scale)
 
 
+def stand_in_figures(mp) -> None:
+    """With monkeypatch `mp`: figures rendered as a digest of what they show (texts, bars), not as PNG or PDF. Where a
+    test is about which files are written and when, not about their pixels, this keeps it fast; real figures, byte
+    for byte, are compared between runs in tests/test_kill.py and tests/test_workers.py."""
+    from tda import plots
+    mp.setattr(plots, "figure_bytes", lambda fig, fmt: repr(
+        [[t.get_text() for t in ax.texts] + [len(ax.patches)] for ax in fig.axes]).encode())
+
+
 def _logits(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
@@ -322,7 +331,7 @@ class Reference:
         return dest
 
 
-def build_reference(d: Path, server: "Prewarmed") -> Reference:
+def build_reference(d: Path, server: Prewarmed) -> Reference:
     """make_tiny_root, then the README's scripts in order on EXP, each alone (its own process, one worker)."""
     import shutil
     shutil.rmtree(d / "root", ignore_errors=True)  # what a build killed half-way left: the reference is never resumed
@@ -339,7 +348,7 @@ def build_reference(d: Path, server: "Prewarmed") -> Reference:
     return Reference(root, steps)
 
 
-def reference_in(shared: Path, server: "Callable[[], Prewarmed]") -> Reference:
+def reference_in(shared: Path, server: Callable[[], Prewarmed]) -> Reference:
     """The reference run under `shared`/tiny_reference, built there first if no one has (`server()` gives the
     interpreter to build it with): under a lock, so that processes sharing `shared` build it once."""
     import fcntl

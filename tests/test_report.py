@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import script
-from tda import cli, io, plots, results
+from helpers import script, stand_in_figures
+from tda import cli, io, results
 from tda.config import TDAError, parse_experiment
 from tda.results import report
 from tda.results.inventory import Inventory
@@ -190,14 +190,6 @@ def test_no_scores_is_a_one_line_error(root, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "run_loo.py" in err
-
-
-def stand_in_figures(mp: pytest.MonkeyPatch) -> None:
-    """Figures rendered as a digest of what they show (texts, bars), not as PNG: where a test is about which files
-    are written, not about their pixels, this keeps it fast. Real PNGs, byte for byte across a killed and rerun
-    pipeline, are compared in tests/test_kill.py."""
-    mp.setattr(plots, "figure_bytes", lambda fig, fmt: repr(
-        [[t.get_text() for t in ax.texts] + [len(ax.patches)] for ax in fig.axes]).encode())
 
 
 def test_finished_steps_are_not_recomputed(root, monkeypatch):
