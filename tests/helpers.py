@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: entry-script loading and running, tolerances, and plain autograd references."""
+"""Helpers shared by the tests: entry-script loading and running (also in prewarmed children, tests/prewarmed.py),
+tolerances, plain autograd references, the README's commands, and the tiny reference run the pipeline tests copy.
+
+`python tests/helpers.py DIR` builds the reference run under DIR (conftest.py starts it in the background)."""
 from __future__ import annotations
 
 import json
@@ -154,6 +157,7 @@ class Child:
             assert time.monotonic() < deadline, f"pid {self.pid} neither stopped nor ended in {timeout} s"
             time.sleep(0.005)
         while _proc_state(self.pid) != "T":  # SIGSTOP delivered: frozen inside the write
+            assert self.poll() is None and time.monotonic() < deadline, f"pid {self.pid} ended instead of stopping"
             time.sleep(0.001)
         return json.loads(self.stop_file.read_text())
 
@@ -208,7 +212,7 @@ class Prewarmed:
         self.n += 1
         out, err, stop, writes = (self.dir / f"{self.n}.{s}" for s in ("out", "err", "stop", "writes"))
         req = {"argv": [str(a) for a in argv], "cwd": str(cwd), "stdout": str(out), "stderr": str(err),
-               "env": dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), "stop_at_write": stop_at_write,
+               "env": {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, "stop_at_write": stop_at_write,
                "truncate": truncate, "stop_at_write_file": str(stop), "writes_file": str(writes)}
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
