@@ -165,7 +165,7 @@ def test_cluster_command_as_a_dry_run(tmp_path):
     exps = [f"cnn_{t}_{n}pc" for t in ("mnist3", "fmnist3", "cifar10") for n in (10, 20, 50)]
     steps = ("train", "loo", "ats", "if", "gd_gc", "pvalues", "correlations", "summary")
     assert sorted(jobs) == sorted([f"subsets_{t}" for t in ("mnist3", "fmnist3", "cifar10")]
-                                  + [f"{s}_{e}" for e in exps for s in steps])
+                                  + [f"{s}_{e}" for e in exps for s in steps] + ["grid_summary"])
     for key, line in jobs.items():
         step = key.split("_cnn_")[0]
         assert "--partition=gpu " in line, line

@@ -298,7 +298,7 @@ def test_per_sample_grads_and_hvp_through_peft_vit(exp, tiny, finetuned):
         assert torch.allclose(g[i], torch.cat([t.flatten() for t in gi]), atol=1e-6)
     # the repo's Hessian-vector products (IF): forward-over-reverse through the PEFT model (eager attention: SDPA has
     # no forward-mode AD), the data in chunks of 2 of 5 (weights 2/5, 2/5, 1/5), two vectors at a time
-    assert dispatch.path(model, params, frozen, x) == "torch.func"  # the generic engine, not the CNN kernels
+    assert dispatch.path(model, params, frozen, x) == "torch.func on cpu"  # the generic engine, not the CNN kernels
     vs = torch.randn(3, g.shape[1], generator=torch.Generator().manual_seed(7))
     hv = dispatch.curvature_product(model, params, frozen, x, y, vs, "exact", data_chunk=2, vec_chunk=2)
     for r in range(3):

@@ -83,8 +83,10 @@ def _caption(label: object) -> str:
 
 
 def write_trust(out: Outputs, frame: pd.DataFrame, subsets: Subsets | None, fp: Fingerprint) -> None:
-    """trusted_pairs.csv, and beside it the figure of the strongest pairs when their images are known."""
-    out.write(TRUST_CSV, frame.to_csv(index=False, float_format="%.7g"), fp)
+    """trusted_pairs.csv, and beside it the figure of the strongest pairs when their images are known.
+
+    The figure is written first: the CSV is what marks this output finished, so a run killed between the two
+    redraws the figure when it is run again."""
     rows = []
     if subsets is not None:
         for _, group in frame.groupby("method", sort=False):
@@ -102,6 +104,7 @@ def write_trust(out: Outputs, frame: pd.DataFrame, subsets: Subsets | None, fp: 
         write_figure(out, TRUST_FIG.removesuffix(".png"), fig, fp)
     else:
         out.remove(TRUST_FIG)
+    out.write(TRUST_CSV, frame.to_csv(index=False, float_format="%.7g"), fp)
 
 
 def trust_section(directory: Path, significance: pd.DataFrame) -> str:
