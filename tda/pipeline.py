@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pandas as pd
 
-from . import cli, io
+from . import checkout, cli, io
 from .config import ExperimentConfig, TDAError, parse_experiment, repo_root
 from .launch import grid
 from .launch.plan import GRID_SUMMARY, SEED, Job, plan
@@ -27,7 +27,6 @@ from .methods import REGISTRY
 from .seeds import load_seeds
 from .workers import shared_workers
 
-REPO = Path(__file__).resolve().parents[1]
 TITLES = {"subsets": "subsets", "train": "training", "pvalues": "p-values", "correlations": "correlations",
           "lds": "LDS ground truth", "lds_table": "LDS table"}
 
@@ -58,7 +57,7 @@ def steps(cfg: ExperimentConfig, training_args: list[str] | tuple[str, ...] = ()
 def entry_script(script: str) -> ModuleType:
     """An entry script (e.g. 'run_loo.py', or a path of a training script of your own) loaded as a module, to
     call its `main(argv)`."""
-    path = REPO / script
+    path = Path(script) if Path(script).is_absolute() else checkout.script(script)
     spec = importlib.util.spec_from_file_location(f"tda_step_{path.stem}", path)
     if spec is None or not path.is_file():
         raise TDAError(f"no entry script {path}: check the model's train_script in models.json")

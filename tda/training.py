@@ -1,22 +1,22 @@
 """The one training loop of every model family (the reference protocol), and training an ensemble of seeds.
 
 Per seed: `torch.manual_seed(seed)`, build the model, draw every epoch's batch order, then Adam
-(lr, L2 weight decay added to the gradient) on the mean cross-entropy of each batch, with the
-backend's learning-rate schedule; the checkpoints after each of the last `n_ckpts` epochs are kept.
+(lr, L2 weight decay added to the gradient) on the mean loss of each batch (the backend's: cross-entropy for
+every built-in family), with the backend's learning-rate schedule; the checkpoints after each of the last
+`n_ckpts` epochs are kept.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import io, provenance
 from .backends import Backend, get_backend
 from .config import ExperimentConfig
-from .engine.functional import output_logits
+from .engine.functional import batch_loss, cross_entropy, output_logits
 from .locking import claim, lock_path
 from .workers import raise_failed_rows, run_per_seed
 
@@ -30,10 +30,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
     return correct / max(len(x), 1)
 
 
+@torch.no_grad()
+def test_metric(backend: Backend, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """{'test_accuracy': top-1} for cross-entropy, else {'test_loss': the mean loss}, in eval mode."""
+    if backend.loss is cross_entropy:
+        return {"test_accuracy": accuracy(model, x, y, backend.eval_chunk)}
+    model.eval()
+    c = backend.eval_chunk
+    total = sum(float(backend.loss(output_logits(model(x[i:i + c])), y[i:i + c]).sum()) for i in range(0, len(x), c))
+    return {"test_loss": total / max(len(x), 1)}
+
+
 def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
                  y_test: torch.Tensor, device: str | torch.device = "cpu", progress: bool = True,
                  on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train one ensemble member; returns its checkpoints {'state_dict', 'epoch', 'train_loss', 'test_accuracy', ...}."""
+    """Train one ensemble member; returns its checkpoints {'state_dict', 'epoch', 'train_loss', 'test_accuracy'
+    (cross-entropy) or 'test_loss' (any other loss), ...}."""
     cfg, device = backend.cfg, torch.device(device)
     model, batches = backend.initial(seed, len(y))
     model.to(device)
@@ -50,7 +62,7 @@ def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, 
         for idx in batches[epoch]:
             idx = idx.to(device)
             opt.zero_grad()
-            loss = F.cross_entropy(output_logits(model(x[idx])), y[idx])
+            loss = batch_loss(output_logits(model(x[idx])), y[idx], backend.loss)
             loss.backward()
             opt.step()
             if sched is not None:
@@ -59,9 +71,10 @@ def train_member(backend: Backend, seed: int, x: torch.Tensor, y: torch.Tensor, 
             bar.update(1)
         if epoch in cfg.ckpt_epochs:
             ck = {"state_dict": backend.checkpoint_state(model), "epoch": epoch, "train_loss": total / len(y),
-                  "test_accuracy": accuracy(model, x_test, y_test, backend.eval_chunk), **backend.checkpoint_meta()}
+                  **test_metric(backend, model, x_test, y_test), **backend.checkpoint_meta()}
             ckpts.append(ck)
-            bar.set_postfix(epoch=epoch, loss=f"{ck['train_loss']:.3f}", acc=f"{ck['test_accuracy']:.3f}")
+            shown = {"acc": ck["test_accuracy"]} if "test_accuracy" in ck else {"test_loss": ck["test_loss"]}
+            bar.set_postfix(epoch=epoch, loss=f"{ck['train_loss']:.3f}", **{k: f"{v:.3f}" for k, v in shown.items()})
             if on_checkpoint is not None:
                 on_checkpoint(ck)
     bar.close()

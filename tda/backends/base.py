@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, TDAError
+from ..engine.functional import Loss, cross_entropy
 from ..seeds import load_seeds
 
 Batches = list[list[torch.Tensor]]
@@ -47,6 +48,8 @@ class Backend(ABC):
     paper_loo_is_continue: ClassVar[bool] = True
     #: samples per forward pass when only evaluating
     eval_chunk: ClassVar[int] = 1000
+    #: the per-sample loss the family trains on and every method attributes (the paper's: cross-entropy)
+    loss: Loss = staticmethod(cross_entropy)
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg

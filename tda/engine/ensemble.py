@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from .adam import BETAS, EPS, AdamState, adam_init, adam_step
-from .functional import Params, per_sample_grads, per_sample_losses, unflatten
+from .functional import Loss, Params, cross_entropy, per_sample_grads, per_sample_losses, unflatten
 from .memory import default_chunk
 
 #: a learning rate: constant, or a function of the 0-based optimiser step (as an LR scheduler sets it before that step)
@@ -56,15 +56,15 @@ def snapshots(batches: Batches, snapshot_epochs: Sequence[int] | None) -> list[i
 
 
 def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
-                  chunk: int = 4096, vectorized: bool = False) -> torch.Tensor:
+                  chunk: int = 4096, vectorized: bool = False, loss: Loss = cross_entropy) -> torch.Tensor:
     """Per-sample losses of every stacked member on every sample, [K, M]; at most ~`chunk` (member, sample) pairs at once."""
     k = n_members(stacked)
     with torch.no_grad():
         if not vectorized:
             return torch.stack([torch.cat([per_sample_losses(model, member(stacked, j), frozen, x[i:i + chunk],
-                                                             y[i:i + chunk]) for i in range(0, len(x), chunk)])
+                                                             y[i:i + chunk], loss) for i in range(0, len(x), chunk)])
                                 for j in range(k)])
-        f = vmap(lambda p, xx, yy: per_sample_losses(model, p, frozen, xx, yy), in_dims=(0, None, None))
+        f = vmap(lambda p, xx, yy: per_sample_losses(model, p, frozen, xx, yy, loss), in_dims=(0, None, None))
         step = max(1, chunk // max(k, 1))
         return torch.cat([f(stacked, x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)], dim=1)
 
@@ -93,7 +93,7 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
                    *, snapshot_epochs: Sequence[int] | None = None,
                    evaluate: Callable[[Params], torch.Tensor] | None = None, chunk: int | None = None,
                    train_mode: bool = False, vectorized: bool = False,
-                   betas: tuple[float, float] = BETAS, eps: float = EPS) -> list:
+                   betas: tuple[float, float] = BETAS, eps: float = EPS, loss: Loss = cross_entropy) -> list:
     """Train K = len(weights) copies of `params` with Adam on the same batches, member k's loss weighted by weights[k].
 
     batches: per epoch, the index tensors of its batches (the training run's shuffled order).
@@ -116,7 +116,7 @@ def train_ensemble(model: nn.Module, params: Params, frozen: Params, x: torch.Te
     was_training = model.training
 
     def member_loss(p, w, xb, yb):
-        return (w * per_sample_losses(model, p, frozen, xb, yb)).sum() / len(yb)
+        return (w * per_sample_losses(model, p, frozen, xb, yb, loss)).sum() / len(yb)
 
     if vectorized:
         member_grads = vmap(grad(member_loss), in_dims=(0, 0, None, None), randomness="same")
@@ -169,17 +169,17 @@ def concat_snapshots(results: list[list], evaluated: bool) -> list:
 def one_step_losses(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                     x_test: torch.Tensor, y_test: torch.Tensor, lr: float, weight_decay: float,
                     betas: tuple[float, float], eps: float, member_chunk: int, grad_chunk: int = 256,
-                    eval_chunk: int = 4096, vectorized: bool = False) -> torch.Tensor:
+                    eval_chunk: int = 4096, vectorized: bool = False, loss: Loss = cross_entropy) -> torch.Tensor:
     """Test losses [N + 1, M]: of theta (row 0), then of each theta'_j = theta after one fresh-Adam step on {z_j}.
 
     All N steps follow from the per-sample gradients; the functional Adam step itself is applied to the
     stacked gradients, so the rounding is torch.optim.Adam's. `member_chunk` models are evaluated at once.
     """
     # theta's own losses through the same path as its perturbed members
-    out = [member_losses(model, stack(params, 1), frozen, x_test, y_test, eval_chunk, vectorized)]
-    g = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    out = [member_losses(model, stack(params, 1), frozen, x_test, y_test, eval_chunk, vectorized, loss)]
+    g = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk, loss)
     for j in range(0, len(g), member_chunk):
         members = stack(params, len(g[j:j + member_chunk]))
         adam_step(members, unflatten(g[j:j + member_chunk], params), adam_init(members), lr, weight_decay, betas, eps)
-        out.append(member_losses(model, members, frozen, x_test, y_test, eval_chunk, vectorized))
+        out.append(member_losses(model, members, frozen, x_test, y_test, eval_chunk, vectorized, loss))
     return torch.cat(out)

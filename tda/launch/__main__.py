@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import cli
+from .. import checkout, cli
 from ..config import TASKS, TDAError
 from ..ranges import POSITIVE, POSITIVE_INT, ranged
 from ..seeds import load_seeds
@@ -22,7 +22,6 @@ from .plan import GRID_SUMMARY, Job, plan, steps
 from .sbatch import RESOURCES, SlurmOptions, resource_values, submit
 from .wait import report, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 EPILOG = """\
 Each step is a job; training and every TDA method are job arrays with one task per seed id, each
 task running the entry script with --seed_id $SLURM_ARRAY_TASK_ID. Logs: $TDA_ROOT/logs/<experiment>/
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"# dry run: the {len(jobs)} sbatch commands of {', '.join(dict.fromkeys(args.experiments))}; nothing "
               f"submitted. Job scripts written to {root}/logs/<experiment>/<step>.sbatch")
-    ids = submit(jobs, opts, python, REPO, root, dry_run=args.dry_run)
+    ids = submit(jobs, opts, python, checkout.scripts_dir(), root, dry_run=args.dry_run)
     if args.dry_run:
         return 0
     print(f"submitted {len(jobs)} jobs (TDA_ROOT {root}, logs in {root}/logs/):")

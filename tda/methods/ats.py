@@ -8,7 +8,7 @@ from torch import nn
 
 from ..dispatch import one_step_losses
 from ..engine.adam import BETAS, EPS
-from ..engine.functional import Params
+from ..engine.functional import Loss, Params, cross_entropy
 from ..ranges import POSITIVE_INT
 from .base import Checkpoint, Method, Scores, SeedData, option, register
 
@@ -16,7 +16,8 @@ from .base import Checkpoint, Method, Scores, SeedData, option, register
 def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                x_test: torch.Tensor, y_test: torch.Tensor, lr: float, weight_decay: float,
                betas: tuple[float, float] = BETAS, eps: float = EPS, member_chunk: int | None = None,
-               grad_chunk: int = 256, eval_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+               grad_chunk: int = 256, eval_chunk: int = 4096, vectorize: bool | None = None,
+               loss: Loss = cross_entropy) -> torch.Tensor:
     """tau [N, M] = L_i(theta'_j) - L_i(theta), theta'_j = theta after one fresh-Adam step on the batch {z_j}.
 
     A fresh Adam's first step is theta - lr * g / (|g| + eps) elementwise with g = grad L_j + wd * theta
@@ -25,7 +26,7 @@ def ats_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.
     are evaluated at once (default: as many as free memory allows).
     """
     losses = one_step_losses(model, params, frozen, x_train, y_train, x_test, y_test, lr, weight_decay, betas, eps,
-                             member_chunk, grad_chunk, eval_chunk, vectorize)
+                             member_chunk, grad_chunk, eval_chunk, vectorize, loss)
     return losses[1:] - losses[:1]
 
 
@@ -48,4 +49,4 @@ class ATS(Method):
 
     def score(self, ck: Checkpoint) -> Scores:
         cfg = ck.data.cfg
-        return {"ats": ats_scores(*ck.tensors(), cfg.lr, cfg.weight_decay, member_chunk=self.chunk)}
+        return {"ats": ats_scores(*ck.tensors(), cfg.lr, cfg.weight_decay, member_chunk=self.chunk, loss=ck.data.loss)}

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..backends import Backend
 from ..config import ExperimentConfig, TDAError
 from ..engine.ensemble import use_vmap
-from ..engine.functional import Params, split_params
+from ..engine.functional import Loss, Params, split_params
 from ..ranges import Range
 
 
@@ -50,6 +50,11 @@ class SeedData:
     @property
     def n_train(self) -> int:
         return len(self.y_train)
+
+    @property
+    def loss(self) -> Loss:
+        """The per-sample loss attributed: the model family's (cross-entropy unless it says otherwise)."""
+        return self.backend.loss
 
     def model_at(self, ckpt: dict) -> tuple[nn.Module, Params, Params]:
         """(model in eval mode, trainable params, frozen tensors) at a checkpoint."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import TDAError
 from ..dispatch import curvature_product, sample_grads
-from ..engine.functional import Params, per_sample_grads
+from ..engine.functional import Loss, Params, cross_entropy, per_sample_grads
 from ..engine.hvp import HESSIANS
 from ..ranges import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range
 from .base import Method, Scores, SeedData, option, register
@@ -30,7 +30,8 @@ LISSA_NOTE = ("LiSSA with one pass of T = ceil(N/batch) steps: s_test = h_T/scal
 def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                  x_test: torch.Tensor, y_test: torch.Tensor, damp: float, scale: float, batch_size: int = 8,
                  order: str = "auto", grad_chunk: int = 256, vec_chunk: int = 64,
-                 test_chunk: int = 256, hessian: str = "exact", depth: int | None = None) -> tuple[torch.Tensor, str]:
+                 test_chunk: int = 256, hessian: str = "exact", depth: int | None = None,
+                 loss: Loss = cross_entropy) -> tuple[torch.Tensor, str]:
     """IF by the FastIF LiSSA recursion, tau [N, M]; also returns the order used ('direct' or 'transposed').
 
     h_0 = v, h_t = v + A_t h_{t-1} with A_t = (1 - damp) I - H_t / scale, H_t the Hessian of the mean
@@ -52,14 +53,14 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
 
     def a_times(t: int, v: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         xb, yb = batches[t % len(batches)]
-        hv = curvature_product(model, params, frozen, xb, yb, v, hessian, vec_chunk=vec_chunk)
+        hv = curvature_product(model, params, frozen, xb, yb, v, hessian, vec_chunk=vec_chunk, loss=loss)
         out = (1 - damp) * v - hv / scale
         if not bool(torch.isfinite(out).all()) or float(out.norm()) > DIVERGED * float(start.norm()):
             raise TDAError(f"LiSSA diverges at step {t + 1} of {steps}: the curvature is too large for scale {scale:g} "
                            f"and damping {damp:g}; raise --scale (or use --solver cg)")
         return out
 
-    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk, loss)
     out = []
     if order == "transposed":
         acc, w = g_tr.clone(), g_tr
@@ -67,12 +68,13 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
             w = a_times(t, w, g_tr)
             acc += w
         for i in range(0, m, test_chunk):
-            g_te = sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
+            g_te = sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk,
+                                loss=loss)
             out.append(-g_te.dot_vectors(acc) / scale)
     else:
         for i in range(0, m, test_chunk):
             v = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
-                                 grad_chunk)
+                                 grad_chunk, loss)
             h = v.clone()
             for t in range(steps):
                 h = v + a_times(t, h, v)
@@ -132,7 +134,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
 def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
               x_test: torch.Tensor, y_test: torch.Tensor, damping: float, tol: float = 1e-5, max_iter: int = 500,
               grad_chunk: int = 256, vec_chunk: int = 64, data_chunk: int | None = 256,
-              test_chunk: int = 256, hessian: str = "exact") -> tuple[torch.Tensor, dict]:
+              test_chunk: int = 256, hessian: str = "exact", loss: Loss = cross_entropy) -> tuple[torch.Tensor, dict]:
     """IF with s_test = (H + damping I)^-1 grad L_i by batched conjugate gradient, tau [N, M], and the solver's info.
 
     H is the Hessian of the mean training loss over all N samples (no weight decay), or with
@@ -143,18 +145,18 @@ def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.T
     n, m = len(y_train), len(y_test)
 
     def matvec(v):
-        hv = curvature_product(model, params, frozen, x_train, y_train, v, hessian, data_chunk, vec_chunk)
+        hv = curvature_product(model, params, frozen, x_train, y_train, v, hessian, data_chunk, vec_chunk, loss=loss)
         return hv + damping * v
 
-    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk)
+    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk, loss)
     if n <= m:
         x, info = conjugate_gradient(matvec, g_tr, tol, max_iter)
         out = [-sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
-                             grad_chunk).dot_vectors(x) for i in range(0, m, test_chunk)]
+                             grad_chunk, loss=loss).dot_vectors(x) for i in range(0, m, test_chunk)]
         tau = torch.cat(out, dim=1)
         info["solved_for"] = "train"
     else:
-        g_te = per_sample_grads(model, params, frozen, x_test, y_test, grad_chunk)
+        g_te = per_sample_grads(model, params, frozen, x_test, y_test, grad_chunk, loss)
         x, info = conjugate_gradient(matvec, g_te, tol, max_iter)
         tau = -(g_tr @ x.T)
         info["solved_for"] = "test"
@@ -229,12 +231,13 @@ class IF(Method):
             if self.solver == "lissa":
                 c = self.lissa(cfg, data.n_train)
                 tau, used = lissa_scores(*ck.tensors(), c["damp"], c["scale"], c["batch_size"], self.order,
-                                         vec_chunk=self.chunk, hessian=self.hessian, depth=c["steps"])
+                                         vec_chunk=self.chunk, hessian=self.hessian, depth=c["steps"],
+                                         loss=data.loss)
                 infos.append({"order": used})
             else:
                 damping = cfg.weight_decay if self.damping is None else self.damping
                 tau, info = cg_scores(*ck.tensors(), damping, self.tol, self.max_iter, vec_chunk=self.chunk,
-                                      hessian=self.hessian)
+                                      hessian=self.hessian, loss=data.loss)
                 infos.append(info)
             out.append(tau)
         if self.solver == "lissa":

@@ -21,7 +21,7 @@ from ..backends import Backend
 from ..config import TDAError
 from ..dispatch import ensemble_losses, member_losses, train_ensemble
 from ..engine.ensemble import LR, removal_weights, stack
-from ..engine.functional import Params, split_params
+from ..engine.functional import Loss, Params, cross_entropy, split_params
 from ..ranges import POSITIVE_INT
 from .base import Method, Scores, SeedData, option, register
 
@@ -33,7 +33,7 @@ CONTROL_TOLERANCE = 1e-4
 def loo_continue(model: nn.Module, params: Params, frozen: Params, x_train: torch.Tensor, y_train: torch.Tensor,
                  x_test: torch.Tensor, y_test: torch.Tensor, batches: Sequence[Sequence[torch.Tensor]], lr: LR,
                  weight_decay: float, paired: bool = False, chunk: int | None = None, train_mode: bool = False,
-                 eval_chunk: int = 4096, vectorize: bool | None = None) -> torch.Tensor:
+                 eval_chunk: int = 4096, vectorize: bool | None = None, loss: Loss = cross_entropy) -> torch.Tensor:
     """LOO from a checkpoint theta (protocols paper / paired), tau [N, M] = L_i(theta_-j) - L_i(baseline).
 
     Every theta_-j continues from theta with a fresh Adam over all of `batches` without sample j.
@@ -44,15 +44,16 @@ def loo_continue(model: nn.Module, params: Params, frozen: Params, x_train: torc
     weights = removal_weights(n, paired, x_train.device, next(iter(params.values())).dtype)
 
     def evaluate(members):
-        return ensemble_losses(model, members, frozen, x_test, y_test, pair_chunk=eval_chunk, vectorize=vectorize)
+        return ensemble_losses(model, members, frozen, x_test, y_test, pair_chunk=eval_chunk, vectorize=vectorize,
+                               loss=loss)
 
     losses = train_ensemble(model, params, frozen, x_train, y_train, batches, weights, lr, weight_decay,
                             evaluate=evaluate, chunk=chunk, train_mode=train_mode,
-                            vectorize=vectorize)[0]
+                            vectorize=vectorize, loss=loss)[0]
     if paired:
         return losses[1:] - losses[:1]
     # the baseline through the same path as the members, so tau holds no difference of summation order
-    base = member_losses(model, stack(params, 1), frozen, x_test, y_test, eval_chunk, vectorize)
+    base = member_losses(model, stack(params, 1), frozen, x_test, y_test, eval_chunk, vectorize, loss)
     return losses - base
 
 
@@ -60,7 +61,7 @@ def loo_scratch(model: nn.Module, params0: Params, frozen: Params, x_train: torc
                 x_test: torch.Tensor, y_test: torch.Tensor, batches: Sequence[Sequence[torch.Tensor]], lr: LR,
                 weight_decay: float, snapshot_epochs: Sequence[int], chunk: int | None = None,
                 train_mode: bool = False, eval_chunk: int = 4096,
-                vectorize: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                vectorize: bool | None = None, loss: Loss = cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
     """LOO from the initialisation (protocol scratch): tau [S, N, M] = L_i(theta_-j,c) - L_i(theta_c) per snapshot c.
 
     The full model theta_c is the ensemble's own control member (trained side by side on identical
@@ -71,11 +72,12 @@ def loo_scratch(model: nn.Module, params0: Params, frozen: Params, x_train: torc
     weights = removal_weights(n, True, x_train.device, next(iter(params0.values())).dtype)
 
     def evaluate(members):
-        return ensemble_losses(model, members, frozen, x_test, y_test, pair_chunk=eval_chunk, vectorize=vectorize)
+        return ensemble_losses(model, members, frozen, x_test, y_test, pair_chunk=eval_chunk, vectorize=vectorize,
+                               loss=loss)
 
     losses = torch.stack(train_ensemble(model, params0, frozen, x_train, y_train, batches, weights, lr,
                                         weight_decay, snapshot_epochs=snapshot_epochs, evaluate=evaluate,
-                                        chunk=chunk, train_mode=train_mode, vectorize=vectorize))
+                                        chunk=chunk, train_mode=train_mode, vectorize=vectorize, loss=loss))
     return losses[:, 1:] - losses[:, :1], losses[:, 0]
 
 
@@ -138,12 +140,13 @@ class LOO(Method):
             params, frozen = split_params(model)
             lr = learning_rate(b, cfg.lr, sum(len(e) for e in batches))
             tau, control = loo_scratch(model, params, frozen, data.x_train, data.y_train, data.x_test, data.y_test,
-                                       batches, lr, cfg.weight_decay, cfg.ckpt_epochs, self.chunk, b.train_mode)
+                                       batches, lr, cfg.weight_decay, cfg.ckpt_epochs, self.chunk, b.train_mode,
+                                       loss=data.loss)
             # the control member retraces the training run: its test losses should match the checkpoints'
             diffs = []
             for ck, c_loss in zip(data.checkpoints, control):
                 m, p, f = data.model_at(ck)
-                saved = member_losses(m, stack(p, 1), f, data.x_test, data.y_test)[0]
+                saved = member_losses(m, stack(p, 1), f, data.x_test, data.y_test, loss=data.loss)[0]
                 diffs.append(float((saved - c_loss).abs().max()))
             ok = max(diffs) <= CONTROL_TOLERANCE
             if not ok:  # e.g. non-deterministic CUDA kernels: LOO then describes another model than the others
@@ -159,5 +162,5 @@ class LOO(Method):
             batches = b.continuation_batches(data.seed, data.n_train)
             lr = learning_rate(b, cfg.lr, sum(len(e) for e in batches))
             out.append(loo_continue(*ck.tensors(), batches, lr, cfg.weight_decay, paired=protocol == "paired",
-                                    chunk=self.chunk, train_mode=b.train_mode))
+                                    chunk=self.chunk, train_mode=b.train_mode, loss=data.loss))
         return {"loo": torch.stack(out)}, {}

@@ -20,13 +20,12 @@ from typing import Callable, TextIO
 
 import torch
 
-from .. import io
+from .. import checkout, io
 from ..config import SEEDS_FILE, TDAError, get_task, parse_experiment
 from ..data import draw_subsets, load_source
 from ..seeds import load_seeds
 from .plan import ARMS, Step, StudyPlan
 
-REPO = Path(__file__).resolve().parents[2]
 _SCRIPTS: dict[str, ModuleType] = {}
 
 
@@ -60,7 +59,7 @@ def prepare(plan: StudyPlan, log: Callable[[str], None] = print) -> None:
     """The study root's seeds and test lists, and each arm's root with links to the study's data and models."""
     root = plan.root
     root.mkdir(parents=True, exist_ok=True)
-    seeds = load_seeds(REPO)[: plan.n_seeds]  # the paper's seeds, from the repository's random_seeds.pt
+    seeds = load_seeds(checkout.PACKAGE_PARENT)[: plan.n_seeds]  # the paper's (the clone's random_seeds.pt)
     write_seeds(root / SEEDS_FILE, seeds)
     for task in plan.tasks:
         want = study_test_indices(task, plan.test_size, root)
@@ -86,7 +85,7 @@ def prepare(plan: StudyPlan, log: Callable[[str], None] = print) -> None:
 def entry_script(name: str) -> ModuleType:
     """An entry script (e.g. run_loo.py) loaded as a module, once, so its `main(argv)` runs in this process."""
     if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / name)
+        spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), checkout.script(name))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _SCRIPTS[name] = module
