@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from tda import cli
 from tda.config import parse_experiment
-from tda.lds_eval import evaluate
-from tda.lds_run import LDSSettings, run_lds
+from tda.lds.evaluate import evaluate
+from tda.lds.run import LDSSettings, run_lds
 from tda.results.report import write_report
 from tda.ranges import NON_NEGATIVE, POSITIVE_INT, Range, ranged
 from tda.seeds import load_seeds, resolve_seed_ids

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tda import stats
-from tda.lds import pair_contributions, pair_effects, subset_masks
+from tda.lds.ensemble import subset_masks
+from tda.lds.score import pair_contributions, pair_effects
 from tda.study.advice import (advice_rows, mean_in, seed_counts, share_vs_k, share_vs_seeds, significant, spearman,
                               top_magnitude)
 

@@ -20,8 +20,8 @@ from helpers import close, make_tiny_root, script
 from tda.backends import get_backend
 from tda.config import TDAError, parse_experiment
 from tda.engine.functional import split_params
-from tda.lds import (lds_per_test, lds_variants, margins, masked_ensemble, pair_contributions, pair_effects,
-                     subset_masks, subset_size)
+from tda.lds.ensemble import margins, masked_ensemble, subset_masks, subset_size
+from tda.lds.score import lds_per_test, lds_variants, pair_contributions, pair_effects
 from tda.models import CNN
 
 DT = torch.float64
@@ -294,7 +294,7 @@ def test_external_scores_and_their_sign(tiny, capsys, monkeypatch):
     t = pd.read_csv(cfg.results_dir / "lds.csv").set_index(["method", "outcome", "scores", "target"]).sort_index()
     assert np.allclose(t.loc["gdx", "lds"], t.loc["GD", "lds"])
     assert np.allclose(t.loc["gdneg", "lds"], -t.loc["GD", "lds"])
-    from tda.lds_report import report_section
+    from tda.lds.report import report_section
     section = report_section(cfg)
     assert "## Linear datamodeling score" in section and "| gdneg |" in section and "![LDS](lds.png)" in section
     assert (cfg.results_dir / "lds.png").read_bytes()[:4] == b"\x89PNG"

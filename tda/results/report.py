@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import cli, stats
 from ..config import ExperimentConfig, parse_experiment
-from ..lds_report import report_section as lds_section
+from ..lds.report import report_section as lds_section
 from ..methods import label, outputs
 from ..seeds import load_seeds
 from .correlations import CORR_KINDS, FIG_FORMATS, corr_csv_name, corr_fig_stem, read_correlations

@@ -19,7 +19,7 @@ import pandas as pd
 from .. import plots  # noqa: F401 - sets the headless backend before seaborn loads pyplot
 from .. import provenance, stats
 from ..config import TDAError, repo_root
-from ..lds_report import lds_inputs, summary_section as lds_summary_section, summary_table as lds_summary_table
+from ..lds.report import lds_inputs, summary_section as lds_summary_section, summary_table as lds_summary_table
 from ..methods import outputs
 from .outputs import Outputs, markdown_table, read_manifest, write_figure
 

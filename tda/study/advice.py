@@ -4,7 +4,7 @@ Pure maths over arrays. Per method, the pairs are split by significance over the
 Benjamini-Hochberg at 0.05, or the paper's z-test at p < 0.05), and a statistic against a ground truth is taken
 within each group: the sign-aligned Spearman correlation of the method's posterior mean mu with a per-pair truth
 (LOO's mu, or the LDS subsets' own per-pair effect), or the mean per-pair contribution to the LDS
-(`tda.lds.pair_contributions`). A third group, the pairs of largest |mu|, as many as are significant, separates
+(`tda.lds.score.pair_contributions`). A third group, the pairs of largest |mu|, as many as are significant, separates
 what significance adds from what a large attribution alone gives. Intervals come from resampling test samples and
 training samples.
 """

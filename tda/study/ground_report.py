@@ -7,7 +7,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from .. import plots  # noqa: F401 - the headless backend before pyplot
-from ..lds_report import posterior_view
+from ..lds.report import posterior_view
 from ..results.outputs import markdown_table
 from .advice import GROUPS, TESTS
 from .ground_truth import TRUTHS, headline

@@ -1,7 +1,7 @@
 """The study's LDS and advice tables: every method's LDS on the LDS settings, the paper's advice put to the test
 against LOO (`scratch`) and the LDS, and the share of significant pairs against K and the number of seeds.
 
-Loading the LDS outcomes is the only I/O here (`tda.lds_eval`); the maths are `tda.lds` and `advice`.
+Loading the LDS outcomes is the only I/O here (`tda.lds.evaluate`); the maths are `tda.lds.score` and `advice`.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 
 from .. import stats
 from ..config import TDAError, parse_experiment
-from ..lds import bootstrap_mean, pair_contributions, pair_effects
-from ..lds_eval import REPS, Attributions, GroundTruth, lds_table, load_truth
+from ..lds.evaluate import REPS, Attributions, GroundTruth, lds_table, load_truth
+from ..lds.score import bootstrap_mean, pair_contributions, pair_effects
 from ..results.inventory import MethodScores
 from .advice import TESTS, advice_rows, mean_in, seed_counts, share_vs_k, share_vs_seeds, significant, spearman
 from .analysis import K_DEFAULT, Loaded

@@ -16,7 +16,7 @@ from ..config import TDAError, repo_root
 from ..ranges import POSITIVE_INT, Range, ranged
 from ..results.outputs import Outputs, write_figure
 from ..results.summary import write_summary
-from ..lds_eval import lds_figure
+from ..lds.evaluate import lds_figure
 from . import analysis, figures, ground_report, ground_truth, report
 from .plan import TINY_ENV, StudyPlan, cost_table, full_plan, quick_plan, tiny_plan
 from .workspace import Failure, caught, checkpoints_identical, prepare, run_step

@@ -1,5 +1,5 @@
 """The LDS ground truth of an experiment, per seed: its random subsets (one set for every seed) and the outcomes of
-retraining the seed on each of them as one ensemble (`run_lds.py`; the maths are `tda.lds`).
+retraining the seed on each of them as one ensemble (`run_lds.py`; the retraining is `tda.lds.ensemble`).
 
 Files, under tda_scores/<experiment>/lds/:
   subsets.pt   `masks` bool [S, N], `alpha`, `subset_seed`, `train_indices`, and what they were drawn from
@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import io, provenance
-from .attribution import load_seed_data
-from .backends import Backend, get_backend
-from .config import ExperimentConfig, TDAError
-from .dispatch import planned_path
-from .engine.ensemble import stack
-from .engine.functional import split_params
-from .lds import masked_ensemble, member_outcomes, subset_masks, subset_size
-from .locking import claim, lock_path
-from .methods.loo import CONTROL_TOLERANCE, learning_rate
-from .workers import raise_failed_rows, run_per_seed
+from .. import io, provenance
+from ..attribution import load_seed_data
+from ..backends import Backend, get_backend
+from ..config import ExperimentConfig, TDAError
+from ..dispatch import planned_path
+from ..engine.ensemble import stack
+from ..engine.functional import split_params
+from ..locking import claim, lock_path
+from ..methods.loo import CONTROL_TOLERANCE, learning_rate
+from ..workers import raise_failed_rows, run_per_seed
+from .ensemble import masked_ensemble, member_outcomes, subset_masks, subset_size
 
 LDS_DIR = "lds"
 MASKS_FILE = "subsets.pt"
@@ -85,7 +85,7 @@ def outcome_inputs(cfg: ExperimentConfig, seed: int, masks_digest: str, st: LDSS
     """The provenance of a seed's outcomes, or None while its checkpoints are missing."""
     if not all(cfg.ckpt_path(seed, e).exists() for e in cfg.ckpt_epochs):
         return None
-    code = provenance.code_facts(["tda.lds", type(backend).__module__], planned_path(backend.model_type(), device))
+    code = provenance.code_facts(["tda.lds.ensemble", type(backend).__module__], planned_path(backend.model_type(), device))
     return provenance.score_inputs(cfg, seed, "lds", {**asdict(st), "masks": masks_digest}, subsets, code)
 
 

@@ -1,5 +1,5 @@
 """Every method's LDS on an experiment: its seeds' LDS outcomes and attribution scores (ours and external ones) loaded
-as arrays, the table of every LDS variant (`tda.lds.lds_variants`) with bootstrap intervals over test samples, and
+as arrays, the table of every LDS variant (`tda.lds.score.lds_variants`) with bootstrap intervals over test samples, and
 results/<experiment>/lds.csv, lds_per_test.csv and lds.png (`evaluate`, what `run_lds.py` writes).
 
 Loading is the I/O here; `lds_table` is pure. Scores and outcomes are matched by seed and by checkpoint epoch (a
@@ -15,15 +15,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import io, provenance
-from . import plots  # noqa: F401 - the headless backend before pyplot
-from .config import ExperimentConfig, TDAError
-from .lds import OUTCOMES, bootstrap_mean, lds_variants, observed_help
-from .lds_report import VARIANT_NAMES, format_table
-from .lds_run import MASKS_FILE, lds_dir, load_masks, outcome_path
-from .methods import label, outputs
-from .results.outputs import Outputs, write_figure
-from .seeds import load_seeds
+from .. import io, provenance
+from .. import plots  # noqa: F401 - the headless backend before pyplot
+from ..config import ExperimentConfig, TDAError
+from ..methods import label, outputs
+from ..results.outputs import Outputs, write_figure
+from ..seeds import load_seeds
+from .report import VARIANT_NAMES, format_table
+from .run import MASKS_FILE, lds_dir, load_masks, outcome_path
+from .score import OUTCOMES, bootstrap_mean, lds_variants, observed_help
 
 import matplotlib.pyplot as plt  # noqa: E402,I001 - after tda.plots chose the headless backend
 
@@ -120,7 +120,7 @@ def our_methods(cfg: ExperimentConfig, truth: GroundTruth, which: list[str] | No
 def external_method(cfg: ExperimentConfig, truth: GroundTruth, path: str, name: str, sign: int) -> Attributions:
     """Scores computed anywhere ([seeds, checkpoints, N, M] file or per-seed directory, docs/own_data.md): their
     seeds are the files' names where those are seeds of the experiment, else random_seeds.pt's in order."""
-    from .results.external import method_scores
+    from ..results.external import method_scores
     ms, fp = method_scores(path, name)
     all_seeds = load_seeds(cfg.root)
     seeds = ms.seeds if all(s in all_seeds for s in ms.seeds) else all_seeds[:len(ms.seeds)]

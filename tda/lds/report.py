@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import provenance
-from .results.outputs import markdown_table
+from .. import provenance
+from ..config import ExperimentConfig
+from ..results.outputs import markdown_table
 
 #: the score variants in words, in the tables' order
 VARIANT_NAMES = {"checkpoint": "one checkpoint", "checkpoints": "K checkpoints", "posterior_mean": "posterior mean"}
