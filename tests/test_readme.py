@@ -20,11 +20,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from helpers import EXP, REPO, fake_venv, make_tiny_root, readme_commands, readme_section
+from helpers import EXP, README_EXP, REPO, fake_venv, make_tiny_root, readme_commands, readme_section
 from tda import io
 from tda.config import parse_experiment
 from tda.seeds import load_seeds
@@ -49,6 +50,7 @@ BY_COMMAND = {
     CLUSTER: "test_readme.py::test_cluster_command_as_a_dry_run",
     "make study ARGS=--quick": "test_readme.py::test_make_study_quick",
     "python run_summary.py": "test_readme.py::test_summary_across_experiments",
+    f"python run_lds.py --experiment {README_EXP} --seed_id all": "test_readme.py::test_run_lds_as_shown",
 }
 #: commands no test runs, and why
 SKIPPED = {
@@ -207,6 +209,36 @@ def test_summary_across_experiments(tiny_reference, prewarmed, tmp_path):
     for method in want.index:
         assert m.loc[method, EXP] == pytest.approx(want[method], rel=1e-5) == m.loc[method, "cnn_digits3_2pc_copy"]
     assert "mean_p_vs_k.png" in (out / "report.md").read_text()
+
+
+def test_run_lds_as_shown(tiny_reference, prewarmed, tmp_path):
+    """`python run_lds.py --experiment E --seed_id all` as shown (its defaults: 50 subsets of half the training set)
+    on a copy of the reference run (EXP for E): every seed's outcomes, every method's LDS, the report's LDS section;
+    the posterior mean's LDS of each method equals scipy's Spearman per test sample over the files, averaged."""
+    from scipy import stats as sps
+    from tda.methods import label, outputs
+    (cmd,) = [c for c in readme_section("Beyond the paper: what the noise is made of") if "run_lds.py" in c]
+    root = tiny_reference.copy(tmp_path / "root")
+    r = prewarmed.run(shlex.split(cmd.replace(README_EXP, EXP))[1:], env={"TDA_ROOT": str(root), "TDA_WORKERS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg, seeds = parse_experiment(EXP, root=root), load_seeds(root)
+    masks = torch.load(cfg.scores_dir / "lds" / "subsets.pt", weights_only=True)["masks"]
+    assert masks.shape == (50, 6) and (masks.sum(1) == 3).all()
+    loss = np.stack([torch.load(cfg.scores_dir / "lds" / f"{s}.pt", weights_only=True)["loss"].double().numpy()
+                     for s in seeds])  # [R, C, S, M]
+    table = pd.read_csv(cfg.results_dir / "lds.csv")
+    done = [o for o in outputs() if cfg.scores_path(o, seeds[0]).exists()]
+    assert len(done) >= 5 and set(table["method"]) == {label(o) for o in done}
+    observed = -loss.mean(axis=(0, 1))  # the posterior target over all checkpoints: minus the mean loss [S, M]
+    for o in done:
+        mu = np.stack([io.load_scores(cfg, o, s)["scores"].double().numpy() for s in seeds]).mean(axis=(0, 1))
+        sign = outputs()[o].sign
+        per_test = [sps.spearmanr(sign * masks.numpy().astype(float) @ mu[:, i], observed[:, i])[0]
+                    for i in range(mu.shape[1])]
+        row = table[(table["method"] == label(o)) & (table["outcome"] == "loss") & (table["scores"] == "posterior_mean")
+                    & (table["target"] == "posterior")]
+        assert row["lds"].item() == pytest.approx(np.nanmean(per_test), rel=1e-5, abs=1e-7), o
+    assert "## Linear datamodeling score (LDS)" in (cfg.results_dir / "report.md").read_text()
 
 
 def test_run_tda_runs_any_registered_method(tiny_reference, prewarmed, tmp_path):
