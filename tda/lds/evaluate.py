@@ -120,8 +120,9 @@ def our_methods(cfg: ExperimentConfig, truth: GroundTruth, which: list[str] | No
 def external_method(cfg: ExperimentConfig, truth: GroundTruth, path: str, name: str, sign: int) -> Attributions:
     """Scores computed anywhere ([seeds, checkpoints, N, M] file or per-seed directory, docs/own_data.md): their
     seeds are the files' names where those are seeds of the experiment, else random_seeds.pt's in order."""
-    from ..results.external import method_scores
-    ms, fp = method_scores(path, name)
+    from ..results.external_scores import load_external
+    ext = load_external(path, name)
+    ms, fp = ext.ms, ext.fingerprint()
     all_seeds = load_seeds(cfg.root)
     seeds = ms.seeds if all(s in all_seeds for s in ms.seeds) else all_seeds[:len(ms.seeds)]
     if len(ms.seeds) > len(all_seeds):
@@ -138,7 +139,8 @@ def external_method(cfg: ExperimentConfig, truth: GroundTruth, path: str, name: 
                        f"`python run_lds.py --experiment {cfg.name} --seed_id all`")
     if ms.scores.shape[1] > len(truth.ckpt_epochs):
         raise TDAError(f"{path}: {ms.scores.shape[1]} checkpoints per seed, {cfg.name} has {len(truth.ckpt_epochs)}")
-    return Attributions(name, sign, [seeds[k] for k in keep], ms.scores[keep], fp)
+    scores = ms.source.read(keep, slice(None), slice(None))  # [len(keep), C, N, M] in memory: the LDS needs every pair
+    return Attributions(name, sign, [seeds[k] for k in keep], np.asarray(scores, dtype=np.float64), fp)
 
 
 def lds_rows(truth: GroundTruth, a: Attributions, reps: int = REPS) -> tuple[list[dict], list[dict]]:
