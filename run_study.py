@@ -1,7 +1,7 @@
 """The study: noise decomposition (initialisation vs batch order), LOO protocols and IF solvers, one command.
 
-python run_study.py            # digits3 and fmnist3, 10 and 20 per class, 10 seeds (43 min measured on 2 cores)
-python run_study.py --quick    # digits3, 4 seeds, 6 test samples, 10 and 14 per class (7 min measured)
+python run_study.py            # digits3 and fmnist3, 10 and 20 per class, 10 seeds (about 55 min on 2 cores, estimated)
+python run_study.py --quick    # digits3, 4 seeds, 6 test samples, 10 and 14 per class (about 10 CPU-min)
 Writes results/study/report.md (see docs/study.md).
 """
 from tda import cli

@@ -58,7 +58,8 @@ SKIPPED = {
     "bash run_experiment.sh cnn_mnist3_10pc": "needs MNIST, a download; the same pipeline runs on digits3 in "
                                               f"{PIPELINE_TEST}, and MNIST's subsets from its files in "
                                               "test_mnist_subsets_from_its_files",
-    "make study": "the full study, about 45 minutes on 2 cores; every part of it runs in `make study ARGS=--quick` "
+    "make study": "the full study, about 55 minutes on 2 cores (43 measured before its LDS part, ~10 estimated for "
+                  "it); every part of it runs in `make study ARGS=--quick` "
                   "(test_make_study_quick)",
 }
 

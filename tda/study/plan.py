@@ -187,7 +187,8 @@ def tiny_plan(root: Path, out: Path, workers: int | None = None) -> StudyPlan:
 #: CPU seconds per seed (5 checkpoints) of the 2-layer CNN at 10 per class (N = 30) and 30 test samples, measured
 #: by `--quick` runs on a shared 2-core VM (load about 2); LOO and LiSSA grow with N^2, CG with N x min(N, M)
 UNIT_COST = {"training": 0.8, "loo_scratch": 8.0, "loo_paper": 34.0, "loo_paired": 34.0, "ats": 1.2,
-             "if_lissa": 5.0, "gd_gc": 1.2, "if_cg_gn": 330.0, "lds": 13.0}  # lds: 50 subsets, 1.6 x LOO scratch
+             "if_lissa": 5.0, "gd_gc": 1.2, "if_cg_gn": 330.0, "lds": 20.0}
+# lds: 50 subsets; one run measured 26 CPU-s with the interpreter's start (LOO scratch 11 in the same session)
 
 
 def cost_seconds(plan: StudyPlan, n: int, what: str) -> float:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = cli.parser("The noise decomposition (init vs batch order), LOO protocols, IF solvers, the LDS and the paper's "
                    "advice on the offline tasks, as one command; see docs/study.md.")
     p.add_argument("--quick", action="store_true", help="digits3 only, 4 seeds, 6 test samples, decomposition at 14 per "
-                   "class, LDS at 10 on 20 subsets: a smoke test in about 8 min (for tests only, "
+                   "class, LDS at 10 on 20 subsets: a smoke test of about 10 CPU-min (for tests only, "
                    f"{TINY_ENV}=1 shrinks it to a tiny grid)")
     p.add_argument("--root", default=None, help="the study's own TDA_ROOT (default: <out>/work)")
     p.add_argument("--out", default=None, help="where the report goes (default: results/study[/quick])")
