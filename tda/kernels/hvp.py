@@ -69,8 +69,8 @@ def torch_hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tenso
             da = dz_sel * g1  # the pooled outputs' tangent [R, B, hp*wp, C]
             if li + 1 < len(spec.convs):
                 dcols = B.padded_cols(da.view(r * b, layer.hp, layer.wp, -1), spec.convs[li + 1])
-        fcs, z, dz = tangent.fc_forward(spec, p, t, pooled.view(b, -1).clone(), da.reshape(r, b, -1))
-        d, dd = tangent.fc_backward(spec, p, t, g, fcs, z, dz, y)
+        layers = tangent.fc_primal(spec, p, pooled.view(b, -1).clone(), y)
+        d, dd = tangent.fc_backward(spec, p, g, layers, tangent.fc_forward(spec, p, t, layers, da.reshape(r, b, -1)))
         for li in reversed(range(len(spec.convs))):
             layer, (cols, dcols_in, idx, z_sel, g1, dz_sel) = spec.convs[li], convs[li]
             name, hw, c, q = layer.name, layer.hp * layer.wp, layer.c_out, 4 * layer.hp * layer.wp

@@ -27,53 +27,67 @@ def gelu_d2(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * z * z).mul_(1 / math.sqrt(2 * math.pi)).mul_(2 - z * z)
 
 
-def fc_forward(spec: CNNSpec, p: dict, t: dict, h: torch.Tensor, dh: torch.Tensor) -> tuple[list, torch.Tensor,
-                                                                                             torch.Tensor]:
-    """The linear layers' primal and tangent forward from the flattened conv output h [B, F] and its tangents
-    dh [R, B, F]: (per layer (input, its tangent, pre-activation, its tangent, GELU' or None), logits, their
-    tangents). Each vector's tangent weights are read once, by a product of their own."""
-    fcs, r = [], len(dh)
+def fc_primal(spec: CNNSpec, p: dict, h: torch.Tensor, y: torch.Tensor) -> list:
+    """The linear layers' primal forward and backward (mean cross-entropy on y) from the flattened conv output
+    h [B, F]: per layer (input, pre-activation, GELU' there or None, the gradient at its output)."""
+    layers = []
     for j, (name, _, _) in enumerate(spec.fcs):
-        w_, b_, tw = p[f"{name}.weight"], p[f"{name}.bias"], t[f"{name}.weight"]
-        z = torch.addmm(b_, h, w_)
-        dz = torch.matmul(dh, w_).add_(t[f"{name}.bias"].unsqueeze(1))
+        z = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"])
+        g1 = torch.ops.aten.gelu_backward(torch.ones_like(z), z) if j + 1 < len(spec.fcs) else None
+        layers.append([h, z, g1, None])
+        if g1 is not None:
+            h = torch.nn.functional.gelu(z)
+    d = (torch.softmax(z, 1) - one_hot(spec, y, z.dtype)) / len(y)
+    for j in reversed(range(len(spec.fcs))):
+        layers[j][3] = d
+        if j > 0:
+            d = (d @ p[f"{spec.fcs[j][0]}.weight"].t()) * layers[j - 1][2]
+    return layers
+
+
+def fc_forward(spec: CNNSpec, p: dict, t: dict, layers: list, dh: torch.Tensor) -> list:
+    """The linear layers' tangent forward from the conv output's tangents dh [R, B, F]: per layer (the input's
+    tangents, the pre-activations' tangents, the primal output gradient times each vector's transposed weights).
+    Each vector's tangent weights are read once, for both of their products (the second one for the backward)."""
+    out, r = [], len(dh)
+    for j, (name, _, _) in enumerate(spec.fcs):
+        h, _, g1, d = layers[j]
+        tw = t[f"{name}.weight"]
+        dz = torch.matmul(dh, p[f"{name}.weight"]).add_(t[f"{name}.bias"].unsqueeze(1))
+        u = dh.new_empty(r, len(h), h.shape[1])
         for k in range(r):
             dz[k].addmm_(h, tw[k])
-        g1 = torch.ops.aten.gelu_backward(torch.ones_like(z), z) if j + 1 < len(spec.fcs) else None
-        fcs.append((h, dh, z, dz, g1))
+            torch.mm(d, tw[k].t(), out=u[k])
+        out.append((dh, dz, u))
         if g1 is not None:
-            h, dh = torch.nn.functional.gelu(z), dz * g1
-    return fcs, z, dz
+            dh = dz * g1
+    return out
 
 
-def fc_backward(spec: CNNSpec, p: dict, t: dict, g: dict, fcs: list, z: torch.Tensor, dz: torch.Tensor,
-                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The linear layers' H v into `g` (mean cross-entropy on y); returns the primal gradient d [B, F] and its
-    tangents dd [R, B, F] at the conv output. Each vector's weight gradient is one product over the primal and
-    tangent factors stacked, [dh h]^T [d dd], written in place."""
-    b, r = len(y), len(dz)
+def fc_backward(spec: CNNSpec, p: dict, g: dict, layers: list, tangents: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear layers' H v into `g`; returns the primal gradient d [B, F] and its tangents dd [R, B, F] at the
+    conv output. Each vector's weight gradient is one product over the primal and tangent factors stacked,
+    [dh h]^T [d dd], written in place."""
+    z, dz = layers[-1][1], tangents[-1][1]
+    r, b = len(dz), len(z)
     prob = torch.softmax(z, 1)
-    d = (prob - one_hot(spec, y, prob.dtype)) / b
     dd = (prob * dz - prob * (prob * dz).sum(2, keepdim=True)) / b
     for j in reversed(range(len(spec.fcs))):
         name = spec.fcs[j][0]
-        h, dh = fcs[j][:2]
-        w_, tw, gw = p[f"{name}.weight"], t[f"{name}.weight"], g[f"{name}.weight"]
+        (h, _, _, d), (dh, _, u) = layers[j], tangents[j]
+        w_, gw = p[f"{name}.weight"], g[f"{name}.weight"]
         left = torch.cat([dh, h.expand(r, -1, -1)], 1)  # [R, 2B, in]
         right = torch.cat([d.expand(r, -1, -1), dd], 1)  # [R, 2B, out]
         for k in range(r):
             torch.mm(left[k].t(), right[k], out=gw[k])
         g[f"{name}.bias"].copy_(dd.sum(1))
-        d_in = d @ w_.t()
-        dd_in = torch.matmul(dd, w_.t())
-        for k in range(r):
-            dd_in[k].addmm_(d, tw[k].t())
+        dd_in = torch.matmul(dd, w_.t()).add_(u)
         if j > 0:
-            _, _, zp, dzp, g1 = fcs[j - 1]
-            d, dd = d_in * g1, dd_in.mul_(g1).add_(d_in * gelu_d2(zp) * dzp)
+            _, zp, g1, _ = layers[j - 1]
+            dd = dd_in.mul_(g1).add_((d @ w_.t()) * gelu_d2(zp) * tangents[j - 1][1])
         else:
-            d, dd = d_in, dd_in
-    return d, dd
+            dd = dd_in
+    return layers[0][3] @ p[f"{spec.fcs[0][0]}.weight"].t(), dd
 
 
 def applies(spec: CNNSpec, dtype: torch.dtype) -> bool:
@@ -111,8 +125,8 @@ def hvp(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vec
             xt = nxt
         last = convs[-1]
         da = dzs[-1] * saved[-1].d_sel  # the last pooled output's tangents [R, B, n, C]
-        fcs, z, dz_out = fc_forward(spec, p, t, pooled.view(b, -1), da.view(r, b, -1))
-        d, dd = fc_backward(spec, p, t, g, fcs, z, dz_out, y)
+        layers = fc_primal(spec, p, pooled.view(b, -1), y)
+        d, dd = fc_backward(spec, p, g, layers, fc_forward(spec, p, t, layers, da.view(r, b, -1)))
         d = d.reshape(b, last.hp * last.wp, last.c_out)
         dgs = (dd.view(r, *d.shape) * saved[-1].d_sel).add_((d * gelu_d2(saved[-1].z_sel)) * dzs[-1])
         for li in reversed(range(len(convs))):

@@ -55,12 +55,20 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
 
     spare: list[torch.Tensor] = []  # a buffer the size of the iterate, reused: fresh ones cost page faults
 
-    def a_times(t: int, v: torch.Tensor, start_norm: float) -> torch.Tensor:
+    def a_times(t: int, v: torch.Tensor, start_norm: float, plus: torch.Tensor | None = None,
+                into: torch.Tensor | None = None) -> torch.Tensor:
+        """A_t v (+ plus), and added into `into`; row by row, so that each row stays in cache for all its sums."""
         xb, yb = batches[t % len(batches)]
         buf = spare.pop() if spare and spare[0].shape == v.shape else None
-        out = coords.curvature(xb, yb, v, vec_chunk=vec_chunk, out=buf).mul_(-1 / scale).add_(v, alpha=1 - damp)
-        size = float(out.norm())  # not finite where any entry is not
-        if not math.isfinite(size) or size > DIVERGED * start_norm:
+        out, sq = coords.curvature(xb, yb, v, vec_chunk=vec_chunk, out=buf), 0.0
+        for i in range(len(out)):
+            row = out[i].mul_(-1 / scale).add_(v[i], alpha=1 - damp)
+            sq += float(torch.dot(row, row))
+            if plus is not None:
+                row.add_(plus[i])
+            if into is not None:
+                into[i].add_(row)
+        if not math.isfinite(sq) or math.sqrt(sq) > DIVERGED * start_norm:  # sq is not finite where any entry is not
             raise TDAError(f"LiSSA diverges at step {t + 1} of {steps}: the curvature is too large for scale {scale:g} "
                            f"and damping {damp:g}; raise --scale (or use --solver cg)")
         return out
@@ -70,8 +78,7 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
     if order == "transposed":
         acc, w, start = g_tr.clone(), g_tr, float(g_tr.norm())
         for t in reversed(range(steps)):
-            w, last = a_times(t, w, start), w
-            acc += w
+            w, last = a_times(t, w, start, into=acc), w
             spare[:] = [last] if last is not g_tr else []  # the previous iterate's memory takes the next product
         for i in range(0, m, test_chunk):
             out.append(coords.dot_grads(acc, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
@@ -81,7 +88,7 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
             v = coords.grads(x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
             h, start = v.clone(), float(v.norm())
             for t in range(steps):
-                h, last = a_times(t, h, start).add_(v), h
+                h, last = a_times(t, h, start, plus=v), h
                 spare[:] = [last]
             out.append(-(g_tr @ (h / scale).T))
     return torch.cat(out, dim=1), order
