@@ -145,6 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{','.join(REGISTRY)}); the results steps then cover their outputs")
     p.add_argument("--device", default=None, choices=DEVICES,
                    help="--device of training and every TDA step (default: each script's own, auto)")
+    p.add_argument("--estimate", action="store_true",
+                   help="run no step: print each step's time and peak memory on this machine (per seed or Slurm task, "
+                        "and for the local pipeline) from a short calibration, cached; the last line is the total")
 
 
 def choice_from(args: argparse.Namespace, found: list[tuple[str, str, str]]) -> MethodChoice:
