@@ -13,12 +13,7 @@ def main(argv: list[str] | None = None) -> "results.PValueSummary":
     p = cli.parser(__doc__)
     cli.add_experiment_args(p, seeds=False)
     results.add_methods_arg(p)
-    p.add_argument("--scores", nargs="+", default=None,
-                   help="external scores: a .pt (tensor or dict with 'scores') or .npy file [seeds, checkpoints, N, M], "
-                        "or a directory with one [checkpoints, N, M] file per seed; one per --method_name")
-    p.add_argument("--method_name", nargs="+", default=None, help="the name of each --scores in tables and files")
-    p.add_argument("--train_indices", default=None, help="file of the N training indices, one integer per line")
-    p.add_argument("--test_indices", default=None, help="file of the M test indices, one integer per line")
+    results.add_scores_args(p)
     args = p.parse_args(argv)
     if args.scores or args.method_name or args.train_indices or args.test_indices:
         if not args.scores or not args.method_name:
@@ -32,7 +27,8 @@ def main(argv: list[str] | None = None) -> "results.PValueSummary":
         path, out_dir = write_report(cfg), cfg.results_dir
     print(results.format_pvalue_summary(summary))
     print("p-value histograms: " + ", ".join(map(str, summary.figures)))
-    print(f"per-pair p-values in {out_dir}/pvalues_<method>_across_<K>_ckpts.csv; report: {path}")
+    print(f"per-pair results in {out_dir}/: pairs_<method>.parquet (every pair and K: mu, sigma, snr, p_z, p_t, q_t), "
+          f"pvalues_<method>_across_<K>_ckpts.csv (the paper's z-test); report: {path}")
     return summary
 
 

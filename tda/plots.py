@@ -1,4 +1,4 @@
-"""Seaborn figures: p-value histograms and method-correlation heatmaps.
+"""Seaborn figures: p-value histograms, method-correlation heatmaps and train-test image pairs.
 
 Figures are rendered to bytes with the timestamp/version metadata removed, so the same numbers
 always give byte-identical PNG and PDF files (a rerun reproduces an uninterrupted run).
@@ -36,19 +36,23 @@ def close(fig: Figure) -> None:
     plt.close(fig)
 
 
-def pvalue_histogram(pvalues: dict[str, dict[int, np.ndarray]], label: str, n_seeds: int) -> Figure:
+def pvalue_histogram(counts: dict[str, dict[int, np.ndarray]], label: str, n_seeds: int) -> Figure:
     """Histogram of one method's per-pair p-values, one panel per test, one line per K checkpoints.
 
-    `pvalues` maps a test name ('z-test (paper)', 't-test') to {K: p-values}. Under the null
-    (attribution pure noise) p-values are uniform: density 1, the dashed line.
+    `counts` maps a test name ('z-test (paper)', 't-test') to {K: counts of the p-values in equal bins over
+    [0, 1]}, so that no figure needs every pair's p-value. Under the null (attribution pure noise) p-values
+    are uniform: density 1, the dashed line.
     """
     sns.set_theme(style="whitegrid")
-    tests = list(pvalues)
+    tests = list(counts)
+    n_bins = len(next(iter(counts[tests[0]].values())))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
     fig, axes = plt.subplots(1, len(tests), figsize=(5.2 * len(tests), 3.8), squeeze=False, sharey=True)
     for ax, test in zip(axes[0], tests):
-        frame = pd.concat([pd.DataFrame({"p-value": np.asarray(p).ravel(), "K": f"K={k}"})
-                           for k, p in sorted(pvalues[test].items())], ignore_index=True)
-        sns.histplot(frame, x="p-value", hue="K", bins=np.linspace(0, 1, 21), stat="density",
+        frame = pd.concat([pd.DataFrame({"p-value": centres, "count": np.asarray(c, dtype=np.float64), "K": f"K={k}"})
+                           for k, c in sorted(counts[test].items())], ignore_index=True)
+        sns.histplot(frame, x="p-value", weights="count", hue="K", bins=edges.tolist(), stat="density",
                      common_norm=False, element="step", fill=False, palette="viridis", ax=ax)
         ax.axhline(1.0, color="grey", ls="--", lw=1)
         ax.set_xlim(0, 1)
@@ -56,6 +60,30 @@ def pvalue_histogram(pvalues: dict[str, dict[int, np.ndarray]], label: str, n_se
         ax.set_title(f"{label}: {test}")
     fig.suptitle(f"{label}: per-pair p-values over {n_seeds} seeds, K = last checkpoints averaged")
     fig.tight_layout()
+    return fig
+
+
+def image_pairs(rows: list[list[tuple[np.ndarray, np.ndarray, str, str, str]]], title: str) -> Figure:
+    """Train-test image pairs side by side, one row per method: each pair is (train image, test image, train
+    caption, test caption, pair caption). Images are [C, H, W] model inputs, each scaled to its own range for
+    display (grey for one channel)."""
+    sns.set_theme(style="white")
+    per_row = max(len(r) for r in rows)
+    ratios = sum(([1, 1, 0.35] for _ in range(per_row)), [])[:-1]  # a gap between pairs, none within one
+    fig, axes = plt.subplots(len(rows), len(ratios), figsize=(1.9 * sum(ratios), 2.5 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.05})
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, pairs in enumerate(rows):
+        for c, (a, b, cap_a, cap_b, cap) in enumerate(pairs):
+            for ax, img, cap_img in ((axes[r, 3 * c], a, cap_a), (axes[r, 3 * c + 1], b, cap_b)):
+                x = np.asarray(img, dtype=np.float64)
+                x = (x - x.min()) / (np.ptp(x) or 1.0)
+                ax.imshow(x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1),
+                          cmap="gray" if x.shape[0] == 1 else None, vmin=0, vmax=1)
+                ax.set_title(cap_img, fontsize=8)
+            axes[r, 3 * c].text(1.0, -0.08, cap, transform=axes[r, 3 * c].transAxes, ha="center", va="top", fontsize=8)
+    fig.suptitle(title)
     return fig
 
 

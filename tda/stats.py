@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import integrate
+from scipy import integrate, special
 from scipy import stats as sps
 
 ArrayLike = np.ndarray
+_CHUNK = 1 << 20  # entries per chunk where a whole-length temporary would cost memory
 
 
 def average_last_k(scores: ArrayLike, k: int) -> np.ndarray:
@@ -55,7 +56,9 @@ def seed_statistics(per_seed: ArrayLike) -> SeedStats:
     if x.shape[0] < 2:
         raise ValueError(f"sigma needs at least 2 seeds, got {x.shape[0]}")
     mu = x.mean(axis=0)
-    sigma = x.std(axis=0, ddof=1)
+    d = x - mu
+    d *= d
+    sigma = np.sqrt(d.sum(axis=0) / (x.shape[0] - 1))  # numpy's std(ddof=1), without computing mu twice
     return SeedStats(mu=mu, sigma=sigma, snr=safe_ratio(mu, sigma), n=x.shape[0])
 
 
@@ -66,7 +69,8 @@ def stats_across_k(scores: ArrayLike, k: int) -> SeedStats:
 
 def z_pvalues(snr: ArrayLike) -> np.ndarray:
     """The paper's two-sided normal test on the SNR: p = 2 (1 - Phi(|SNR|)), via the survival function."""
-    return np.minimum(2.0 * sps.norm.sf(np.abs(np.asarray(snr, dtype=np.float64))), 1.0)
+    # norm.sf(x) is ndtr(-x): called directly, without scipy.stats' argument checks
+    return np.minimum(2.0 * special.ndtr(-np.abs(np.asarray(snr, dtype=np.float64))), 1.0)
 
 
 def null_mean_z_pvalue(n: int) -> float:
@@ -103,23 +107,49 @@ def t_statistic(st: SeedStats) -> np.ndarray:
 
 def t_pvalues(st: SeedStats) -> np.ndarray:
     """Two-sided one-sample t-test of the mean over seeds, n - 1 degrees of freedom."""
-    return np.minimum(2.0 * sps.t.sf(np.abs(t_statistic(st)), df=st.n - 1), 1.0)
+    # t.sf(x, df) is stdtr(df, -x): called directly, without scipy.stats' argument checks
+    return np.minimum(2.0 * special.stdtr(st.n - 1, -np.abs(t_statistic(st))), 1.0)
 
 
-def benjamini_hochberg(p: ArrayLike) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values) over all entries, same shape as `p`."""
+def benjamini_hochberg(p: ArrayLike, overwrite: bool = False) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) over all entries, same shape as `p`.
+
+    q_(i) = min(1, min_{j >= i} p_(j) m / j) over the sorted p-values. Written to hold few temporaries, so that
+    20 million p-values (one method's pairs at one K of a TRAK-sized array) need 3 x 160 MB beside them;
+    `overwrite=True` writes the q-values into `p` itself (a float64 array) instead of a new array.
+    """
     p = np.asarray(p, dtype=np.float64)
     flat = p.ravel()
     m = flat.size
     if m == 0:
         return p.copy()
-    order = np.argsort(flat, kind="stable")
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    # q_(i) = min_{j >= i} p_(j) m / j: a running minimum from the largest p down
-    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    q = np.empty(m)
-    q[order] = q_sorted
+    order = np.argsort(flat)  # tied p-values get the same q whatever their order
+    scaled = flat[order]
+    for a in range(0, m, _CHUNK):  # p_(j) m / j, chunk by chunk (no m-long array of ranks)
+        b = min(a + _CHUNK, m)
+        scaled[a:b] = scaled[a:b] * m / np.arange(a + 1, b + 1)
+    carry = np.inf  # running minimum from the largest p down, chunk by chunk from the end
+    for b in range(m, 0, -_CHUNK):
+        a = max(b - _CHUNK, 0)
+        run = np.minimum.accumulate(scaled[a:b][::-1])
+        np.minimum(run, carry, out=run)
+        carry = run[-1]
+        scaled[a:b] = np.minimum(run[::-1], 1.0)
+    q = flat if overwrite else np.empty(m)
+    q[order] = scaled
     return q.reshape(p.shape)
+
+
+def bh_count_below(tail: ArrayLike, m: int, alpha: float = 0.05) -> int:
+    """How many of m p-values have a BH q-value below alpha, given `tail`: every p-value below alpha (more may be in).
+
+    The BH rejections are the R smallest p-values, R = max{j : p_(j) m / j < alpha}; only p-values below alpha
+    can satisfy that, and their ranks among all m are their ranks in `tail`. Equals
+    `(benjamini_hochberg(p) < alpha).sum()` without sorting all m.
+    """
+    s = np.sort(np.asarray(tail, dtype=np.float64).ravel())
+    hits = np.flatnonzero(s * m / np.arange(1, s.size + 1) < alpha)
+    return int(hits[-1]) + 1 if hits.size else 0
 
 
 def fraction_below(p: ArrayLike, alpha: float = 0.05) -> float:
@@ -138,3 +168,76 @@ def correlation_matrix(values: dict[str, ArrayLike], method: str = "pearson") ->
     frame = pd.DataFrame({k: np.asarray(v, dtype=np.float64).ravel() for k, v in values.items()})
     frame = frame.where(np.isfinite(frame))
     return frame.corr(method=method)
+
+
+@dataclass
+class Comoments:
+    """Running count, means and centred (co)moments of pairs (x, y), merged block by block (Chan et al.).
+
+    Gives Pearson's r of vectors seen in pieces, e.g. the mu of two methods over 20 million pairs, without
+    holding them whole; entries where x or y is not finite are left out (as `correlation_matrix` does).
+    """
+
+    n: int = 0
+    mx: float = 0.0
+    my: float = 0.0
+    cxx: float = 0.0
+    cyy: float = 0.0
+    cxy: float = 0.0
+
+    def add(self, x: ArrayLike, y: ArrayLike) -> None:
+        """Merge one block of pairs."""
+        x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+        keep = np.isfinite(x) & np.isfinite(y)
+        if not keep.all():
+            x, y = x[keep], y[keep]
+        nb = x.size
+        if nb == 0:
+            return
+        bx, by = x.mean(), y.mean()
+        dx, dy = x - bx, y - by
+        sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+        n = self.n + nb
+        ex, ey = bx - self.mx, by - self.my
+        w = self.n * nb / n
+        self.cxx += sxx + ex * ex * w
+        self.cyy += syy + ey * ey * w
+        self.cxy += sxy + ex * ey * w
+        self.mx += ex * nb / n
+        self.my += ey * nb / n
+        self.n = n
+
+    @property
+    def r(self) -> float:
+        """Pearson's correlation coefficient (NaN with fewer than 2 pairs or a constant side)."""
+        den = np.sqrt(self.cxx * self.cyy)
+        return float(self.cxy / den) if self.n >= 2 and den > 0 else float("nan")
+
+
+def average_ranks(v: ArrayLike) -> np.ndarray:
+    """Ranks 1..n of a vector, ties given their average rank (scipy.stats.rankdata's default), float64.
+
+    float64 because ranks above 2**24 (16.8 million) are not exact in float32. Besides `v` and the result it
+    holds the sort order (8 bytes an entry) and a few chunks: about 500 MB for 20 million entries.
+    """
+    v = np.asarray(v).ravel()
+    n = v.size
+    order = np.argsort(v)  # tied entries get the same (average) rank, so their order does not matter
+    new = np.ones(n, dtype=bool)  # sorted position i starts a group of equal values
+    for a in range(1, n, _CHUNK):
+        s = v[order[a - 1:min(a + _CHUNK, n)]]
+        np.not_equal(s[1:], s[:-1], out=new[a:a + s.size - 1])
+    ranks = np.empty(n)
+    if new.all():  # no ties: the sorted position is the rank
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            ranks[order[a:b]] = np.arange(a + 1, b + 1, dtype=np.float64)
+        return ranks
+    bounds = np.flatnonzero(np.append(new, True))  # group g holds sorted positions bounds[g]..bounds[g + 1] - 1
+    starts = 0  # groups that start before position a
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        g = starts + np.cumsum(new[a:b]) - 1
+        starts = int(g[-1]) + 1
+        ranks[order[a:b]] = (bounds[g] + bounds[g + 1] + 1) / 2.0
+    return ranks

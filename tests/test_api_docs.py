@@ -82,8 +82,6 @@ def test_the_worked_example_computes_what_it_says(example):
     assert torch.equal(scores["hidden"][i, c], ns["hidden_similarity"](model, train, test))
 
 
-@pytest.mark.skipif(not hasattr(tda, "significance") or not hasattr(tda, "correlate"),
-                    reason="needs tda.significance and tda.correlate")
 def test_the_worked_examples_significance_block_runs(example, capsys):
     ns, where = example
     ns = run_block("# api_example_significance.py: the significance test and the correlations of the scores above",

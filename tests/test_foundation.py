@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import REPO, run_script
+from helpers import REPO
 from tda import data, io, training
 from tda.backends import CNNBackend, get_backend
 from tda.config import PAPER_SEEDS, ExperimentConfig, TDAError, get_task, parse_experiment
@@ -292,7 +292,10 @@ def test_same_seed_same_init_and_batches():
 
 
 # ------------------------------------------------------------------ scripts
-def test_scripts_train_digits_skip_finished_and_reject_bad_input(tmp_path):
+def test_scripts_train_digits_skip_finished_and_reject_bad_input(tmp_path, prewarmed):
+    def run_script(name, *args, root):  # as a user would: its own process, cwd and TDA_ROOT the experiment's root
+        return prewarmed.run([REPO / name, *args], cwd=root, env={"TDA_ROOT": str(root)})
+
     (tmp_path / "random_seeds.pt").write_bytes((REPO / "random_seeds.pt").read_bytes())
     r = run_script("run_subset_generation.py", "--task", "digits3", "--num_per_class", "4", root=tmp_path)
     assert r.returncode == 0, r.stderr

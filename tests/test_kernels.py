@@ -33,6 +33,18 @@ DT = torch.float64
 ARCHS = [(CNN, 1, 28), (CNN3L, 1, 28), (CNN, 3, 32), (CNN3L, 3, 32)]
 IDS = ["cnn", "cnn3l", "cnn_rgb", "cnn3l_rgb"]
 
+pytestmark = pytest.mark.xdist_group("kernels")  # one process, so that each reference below is computed once
+
+_REFERENCES: dict = {}
+
+
+def reference(key: tuple, compute):
+    """A reference (autograd, or the generic path) computed once per test and architecture: every test runs twice,
+    with the C kernels and with torch's ops, against the same reference, which neither of them computes."""
+    if key not in _REFERENCES:
+        _REFERENCES[key] = compute()
+    return _REFERENCES[key]
+
 
 @pytest.fixture(autouse=True, params=["c_kernels", "torch_ops"])
 def block_ops(request, monkeypatch):
@@ -79,8 +91,8 @@ def test_loss_grad_equals_autograd(arch, channels, size):
     grad = torch.full_like(flat, float("nan"))  # every entry must be written
     K.loss_grad(spec, views(spec, flat), K.first_cols(spec, x), F.one_hot(y, 10).to(DT), w / len(y),
                 views(spec, grad), Workspace())
-    loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum() / len(y)
-    ref = dict(zip(params, torch.autograd.grad(loss, list(model.parameters()))))
+    ref = reference(("loss_grad", arch, channels), lambda: dict(zip(params, torch.autograd.grad(
+        (w * F.cross_entropy(model(x), y, reduction="none")).sum() / len(y), list(model.parameters())))))
     got = from_kernel(spec, grad.unsqueeze(0))
     for n in params:
         close(got[n][0], ref[n], 1e-12)
@@ -116,7 +128,8 @@ def test_member_losses_equal_the_model(arch, channels, size):
     members = stack(params, 3)
     members["fc2.bias"][1, 3] += 0.5  # members differ
     got = member_losses(model, members, frozen, x, y, vectorize=False)
-    ref = torch.stack([per_sample_losses(model, {n: t[k] for n, t in members.items()}, frozen, x, y) for k in range(3)])
+    ref = reference(("member_losses", arch, channels), lambda: torch.stack(
+        [per_sample_losses(model, {n: t[k] for n, t in members.items()}, frozen, x, y) for k in range(3)]))
     close(got, ref, 1e-12)
     assert not torch.allclose(got[1], got[0])
 
@@ -143,8 +156,8 @@ def test_ensemble_training_equals_generic_path(arch, channels, size):
     kernel = train_ensemble(model, params, frozen, x, y, batches, w, 1e-2, 5e-3, snapshot_epochs=[0, 1],
                             vectorize=False, chunk=4)
     wrapped = Wrapped(model)
-    wp, wf = split_params(wrapped)
-    generic = train_ensemble(wrapped, wp, wf, x, y, batches, w, 1e-2, 5e-3, snapshot_epochs=[0, 1], vectorize=False)
+    generic = reference(("ensemble", arch, channels), lambda: train_ensemble(
+        wrapped, *split_params(wrapped), x, y, batches, w, 1e-2, 5e-3, snapshot_epochs=[0, 1], vectorize=False))
     for snap_k, snap_g in zip(kernel, generic):
         for n in params:
             close(snap_k[n], snap_g[f"inner.{n}"])
@@ -160,9 +173,11 @@ def test_per_sample_grads_and_ats_equal_the_generic_path(arch, channels, size):
     params, frozen = split_params(model)
     spec = spec_for(model, params, frozen, x)
     per_sample = from_kernel(spec, cnn_ensemble.sample_grads(spec, to_kernel(spec, params), x, y))
-    close(torch.cat([per_sample[n].flatten(1) for n in params], dim=1), autograd_grads(model, x, y), 1e-12)
+    ref = reference(("grads", arch, channels), lambda: autograd_grads(model, x, y))
+    close(torch.cat([per_sample[n].flatten(1) for n in params], dim=1), ref, 1e-12)
     wrapped = Wrapped(model)
-    generic = ats_scores(wrapped, *split_params(wrapped), x, y, xt, yt, 1e-2, 5e-3, vectorize=False)
+    generic = reference(("ats", arch, channels), lambda: ats_scores(wrapped, *split_params(wrapped), x, y, xt, yt,
+                                                                    1e-2, 5e-3, vectorize=False))
     close(ats_scores(model, params, frozen, x, y, xt, yt, 1e-2, 5e-3, vectorize=False, member_chunk=2), generic)
     assert generic.abs().min() > 0
 
@@ -173,7 +188,8 @@ def test_factored_grads_equal_materialised_autograd_grads(arch, channels, size):
     g = torch.Generator().manual_seed(6)
     xa, ya = _images(5, channels, size, seed=6), torch.randint(0, 10, (5,), generator=g)
     xb, yb = _images(7, channels, size, seed=7), torch.randint(0, 10, (7,), generator=g)
-    ga, gb = autograd_grads(model, xa, ya), autograd_grads(model, xb, yb)
+    ga, gb = reference(("factored", arch, channels), lambda: (autograd_grads(model, xa, ya),
+                                                              autograd_grads(model, xb, yb)))
     params, frozen = split_params(model)
     fa = sample_grads(model, params, frozen, xa, ya, chunk=2)
     fb = sample_grads(model, params, frozen, xb, yb, chunk=3)
@@ -195,7 +211,7 @@ def test_hvp_equals_double_backward(arch, channels, size, monkeypatch):
     x, y = _images(6, channels, size, seed=4), torch.randint(0, 10, (6,), generator=g)
     params, frozen = split_params(model)
     v = torch.randn(3, sum(p.numel() for p in params.values()), generator=g, dtype=DT)
-    ref = torch.stack([autograd_hvp(model, x, y, vi) for vi in v])
+    ref = reference(("hvp", arch, channels), lambda: torch.stack([autograd_hvp(model, x, y, vi) for vi in v]))
     calls = []
     kernel = cnn_hvp.hvp
     monkeypatch.setattr(cnn_hvp, "hvp", lambda *a: calls.append(1) or kernel(*a))

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from helpers import REPO, script
+from helpers import REPO, autograd_grads, close, script
 from test_foundation import write_cifar, write_mnist_raw
 from tda import data, hf_data, training
 from tda.backends import CNNBackend, CustomBackend, get_backend
@@ -153,17 +153,27 @@ def test_imagefolder_colour_task_end_to_end(tmp_path, monkeypatch):
     script("run_gd_and_gc").main(["--experiment", "cnn_shapes_2pc", "--seed_id", "all", "--workers", "1"])
     summary = script("run_pvalues").main(["--experiment", "cnn_shapes_2pc"])
     assert list(summary.mean_p.columns) == ["GD", "GC"] and (cfg.results_dir / "report.md").exists()
-    # the ViT takes the task too: its inputs are the [0, 1] images resized to its own size
+    # the colour CNN's Grad-Dot equals per-pair autograd on a plain CNN(3) with the checkpoint's weights
+    model = CNN(3, 10)  # the paper's 10-way head, whatever the number of classes
+    model.load_state_dict(torch.load(cfg.ckpt_path(724, 29), weights_only=True)["state_dict"])
+    model.eval()
+    g_tr, g_te = autograd_grads(model, train["images"], train["labels"]), autograd_grads(model, test["images"],
+                                                                                         test["labels"])
+    close(torch.load(cfg.scores_path("gd", 724), weights_only=True)["scores"][-1], g_tr @ g_te.T, 1e-4)
+    # the ViT takes the task too: its inputs are the [0, 1] images resized to its own size (32: as they are) and
+    # normalised with the tiny ViT's mean and std of 0.5, (x - 0.5) / 0.5
     from tda import vit
     tiny = vit.make_tiny(tmp_path / "vit")
     script("run_vit_finetuning").main(["--experiment", "vit_shapes_2pc", "--seed_id", "all", "--workers", "1",
                                        "--model_name_or_path", str(tiny)])
     script("run_gd_and_gc").main(["--experiment", "vit_shapes_2pc", "--seed_id", "0", "--workers", "1"])
     vcfg = parse_experiment("vit_shapes_2pc", root)
-    assert torch.load(vcfg.scores_path("gd", 446), weights_only=True)["scores"].shape == (5, 6, 6)
     x = get_backend(vcfg).inputs(train, "train")
-    assert torch.allclose(x, vit.preprocess("shapes", train["images"], 32, (0.5,) * 3, (0.5,) * 3))
-    assert x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x, train["images"] * 2 - 1, rtol=0, atol=1e-6)
+    vit_model = get_backend(vcfg).load(torch.load(vcfg.ckpt_path(446, 29), weights_only=True))
+    g_tr = autograd_grads(vit_model, train["images"] * 2 - 1, train["labels"])
+    g_te = autograd_grads(vit_model, test["images"] * 2 - 1, test["labels"])
+    close(torch.load(vcfg.scores_path("gd", 446), weights_only=True)["scores"][-1], g_tr @ g_te.T, 1e-4)
 
 
 def test_saved_dataset_classes_disjoint_test_and_provenance(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import slurm_cluster
-from helpers import REPO
+from helpers import REPO, make_tiny_root
 from tda.config import TDAError
 from tda.launch import wait
 from tda.launch.__main__ import main, parse_args
@@ -211,15 +211,7 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reduced_root(tmp_path_factory):
     """3 seeds, 6 training and 20 test images of digits3: a TDA_ROOT to copy for each run."""
-    root = tmp_path_factory.mktemp("reduced")
-    torch.save(torch.tensor([446, 724, 571], dtype=torch.int64), root / "random_seeds.pt")
-    gen = [sys.executable, str(REPO / "run_subset_generation.py"), "--task", "digits3", "--num_per_class", "2"]
-    subprocess.run(gen, env=dict(os.environ, TDA_ROOT=str(root)), check=True, capture_output=True, timeout=300)
-    test_list = root / "data/digits3/test_subset.txt"
-    test_list.write_text("".join(f"{i}\n" for i in test_list.read_text().split()[::15]))
-    subprocess.run([*gen, "--overwrite"], env=dict(os.environ, TDA_ROOT=str(root)), check=True, capture_output=True,
-                   timeout=300)
-    return root
+    return make_tiny_root(tmp_path_factory.mktemp("reduced") / "root")
 
 
 def _env(slurm, root: Path) -> dict:
@@ -228,14 +220,6 @@ def _env(slurm, root: Path) -> dict:
 
 def _copy(reduced_root: Path, tmp_path: Path, name: str) -> Path:
     return Path(shutil.copytree(reduced_root, tmp_path / name))
-
-
-@pytest.fixture(scope="session")
-def local_csv(slurm, reduced_root, tmp_path_factory) -> bytes:
-    root = _copy(reduced_root, tmp_path_factory.mktemp("local"), "root")
-    r = _launch(EXP, env=_env(slurm, root))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return (root / "results" / EXP / "mean_p_values.csv").read_bytes()
 
 
 SLURM = (EXP, "--launcher", "slurm", "--wait", "--poll", "1", "--cpus-per-task", "1")
@@ -257,9 +241,10 @@ def _outputs(root: Path) -> dict[Path, int]:
 
 
 @pytest.mark.xdist_group("slurm")  # one cluster: its tests on one worker
-def test_slurm_run_survives_a_scancel_and_matches_the_local_run(slurm, reduced_root, local_csv, tmp_path):
+def test_slurm_run_survives_a_scancel_and_matches_the_local_run(slurm, reduced_root, tmp_path, request):
     """Submit with --wait, scancel the first LOO task mid-run, submit again: only that task and the results
-    steps run the second time, and the p-value table is byte for byte the local run's."""
+    steps run the second time, and the p-value table is byte for byte the local run's (the reference run, which
+    tests/test_workers.py finds equal to run_experiment.sh's local pipeline)."""
     root = _copy(reduced_root, tmp_path, "root")
     first = subprocess.Popen([BASH, str(REPO / "run_experiment.sh"), *SLURM], env=_env(slurm, root),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -284,4 +269,6 @@ def test_slurm_run_survives_a_scancel_and_matches_the_local_run(slurm, reduced_r
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "all 19 Slurm tasks succeeded" in again.stdout and f"== summary of {EXP}" in again.stdout
     assert loo0.exists() and {p: t for p, t in _outputs(root).items() if p in before} == before
-    assert (root / "results" / EXP / "mean_p_values.csv").read_bytes() == local_csv
+    local = request.getfixturevalue("tiny_reference").root  # asked for only now: built meanwhile elsewhere
+    for f in ("mean_p_values.csv", "significance.csv"):
+        assert (root / "results" / EXP / f).read_bytes() == (local / "results" / EXP / f).read_bytes()

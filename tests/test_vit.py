@@ -16,18 +16,22 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 import run_vit_finetuning  # noqa: E402
 from helpers import autograd_grads, autograd_hvp, close, script  # noqa: E402
-from tda import cli, io, vit  # noqa: E402
+from tda import cli, dispatch, io, vit  # noqa: E402
 from tda.backends import ViTBackend, epoch_batches, get_backend  # noqa: E402
 from tda.backends.vit import build_model, lora_target_modules, recorded_model_path  # noqa: E402
 from tda.config import ExperimentConfig, TDAError, get_task, parse_experiment  # noqa: E402
 from tda.data import generate_subsets  # noqa: E402
-from tda.engine.functional import mean_loss, per_sample_grads, split_params  # noqa: E402
+from tda.engine.functional import logits, per_sample_grads, split_params  # noqa: E402
 from tda.seeds import load_seeds  # noqa: E402
 
 EPOCHS = 6  # shortened from 15: checkpoints after epochs 1..5
-N_PER_CLASS = 12  # 36 training images: batches of 32 and 4, so the shuffle matters
+N_PER_CLASS = 4  # 12 training images
+BATCH = 8  # shortened from 32 like the epochs: batches of 8 and 4, so the shuffle matters
+N_TRAIN = 3 * N_PER_CLASS
 N_TEST_STRIDE = 10  # every 10th image of digits3's 300 test images: 30
 N_TEST = 30
+
+pytestmark = pytest.mark.xdist_group("vit")  # one process: the tests share the fine-tuned tiny ViT
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +50,13 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory):
-    """A vit_digits3_12pc experiment under a temporary root, with the epochs shortened to EPOCHS."""
+    """A vit_digits3_4pc experiment under a temporary root, with the epochs shortened to EPOCHS and the batches to
+    BATCH (the LOO tests retrain N + 1 members for every checkpoint: their cost grows with N squared)."""
     root = tmp_path_factory.mktemp("root")
     mp = pytest.MonkeyPatch()
     mp.setenv("TDA_ROOT", str(root))
     mp.setattr(ExperimentConfig, "epochs", property(lambda self: EPOCHS))
+    mp.setattr(ExperimentConfig, "batch_size", property(lambda self: BATCH, lambda self, value: None))
     cfg = parse_experiment(f"vit_digits3_{N_PER_CLASS}pc")
     generate_subsets(get_task("digits3"), [N_PER_CLASS], cfg.data_dir, "")
     # a smaller test subset keeps the TDA scripts fast: existing index lists are used as they are
@@ -184,7 +190,7 @@ def test_finetuning_equals_plain_loop(exp, tiny, finetuned):
     train, test = io.load_subsets(exp)
     x, y = plain_inputs(train["images"]), train["labels"]
     model = plain_lora_vit(tiny, seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
     epochs = [list(loader) for _ in range(EPOCHS)]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3, weight_decay=5e-3)
@@ -290,15 +296,19 @@ def test_per_sample_grads_and_hvp_through_peft_vit(exp, tiny, finetuned):
     for i in range(5):
         gi = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]).logits, y[i:i + 1]), trainable)
         assert torch.allclose(g[i], torch.cat([t.flatten() for t in gi]), atol=1e-6)
-    # forward-over-reverse HVP (IF): needs eager attention, SDPA has no forward-mode AD
-    from torch.func import grad, jvp
-    v = {k: torch.randn_like(t) for k, t in params.items()}
-    hv = jvp(grad(lambda p: mean_loss(model, p, frozen, x, y)), (params,), (v,))[1]
-    ps = {k: t.clone().requires_grad_() for k, t in params.items()}
-    gr = torch.autograd.grad(mean_loss(model, ps, frozen, x, y), list(ps.values()), create_graph=True)
-    hv2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gr, v.values())), list(ps.values()))
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(hv.values(), hv2))
-    assert split_params(model)[0].keys() == params.keys()
+    # the repo's Hessian-vector products (IF): forward-over-reverse through the PEFT model (eager attention: SDPA has
+    # no forward-mode AD), the data in chunks of 2 of 5 (weights 2/5, 2/5, 1/5), two vectors at a time
+    assert dispatch.path(model, params, frozen, x) == "torch.func on cpu"  # the generic engine, not the CNN kernels
+    vs = torch.randn(3, g.shape[1], generator=torch.Generator().manual_seed(7))
+    hv = dispatch.curvature_product(model, params, frozen, x, y, vs, "exact", data_chunk=2, vec_chunk=2)
+    for r in range(3):
+        close(hv[r], autograd_hvp(model, x, y, vs[r]), 1e-5)
+    # split_params: the trainable tensors (LoRA, head) as the parameters, everything else frozen, nothing lost
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(params) == names and not names & set(frozen)
+    assert set(params) | set(frozen) == {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    with torch.no_grad():
+        assert torch.equal(logits(model, params, frozen, x), model(x).logits)
 
 
 # ---------------------------------------------------------------- the TDA methods on the PEFT ViT
@@ -310,7 +320,7 @@ def vit64(exp, tiny, finetuned):
     model.double()
     params, frozen = split_params(model)
     train, test = vit.processed_subsets(exp, tiny)
-    pick = torch.tensor([0, 13, 20, 31, 35])  # all three classes
+    pick = torch.tensor([0, 2, 3, 7, 11])  # all three classes
     data = (train["images"][pick].double(), train["labels"][pick], test["images"][[0, 12, 25, 29]].double(),
             test["labels"][[0, 12, 25, 29]])
     return model, params, frozen, data
@@ -376,12 +386,12 @@ def test_vit_backend_hooks(exp, tiny, finetuned):
     fresh = build_model(exp, tiny)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters()))
     assert [[t.tolist() for t in e] for e in batches] == [[t.tolist() for t in e] for e in
-                                                          epoch_batches(36, 32, EPOCHS)]
+                                                          epoch_batches(N_TRAIN, BATCH, EPOCHS)]
     assert torch.equal(torch.get_rng_state(), after_initial)  # the generator sits where training started
     # paper/paired LOO: torch.manual_seed(seed), then the shared batches, no model in between
-    cont = b.continuation_batches(finetuned, 36)
+    cont = b.continuation_batches(finetuned, N_TRAIN)
     torch.manual_seed(finetuned)
-    want = [[t.tolist() for t in e] for e in epoch_batches(36, 32, EPOCHS)]
+    want = [[t.tolist() for t in e] for e in epoch_batches(N_TRAIN, BATCH, EPOCHS)]
     assert [[t.tolist() for t in e] for e in cont] == want
 
 
@@ -389,7 +399,7 @@ def _plain_finetune(model, x, y, xt, yt, remove, snapshots):
     """Plain fine-tuning from the generator's current state: a shuffled DataLoader per epoch, torch.optim.Adam with
     the linear decay, LoRA dropout on, sample `remove`'s loss zeroed (the batch mean still divides by the batch
     size); the test losses after each epoch in `snapshots`."""
-    loader = DataLoader(TensorDataset(torch.arange(len(y))), batch_size=32, shuffle=True)
+    loader = DataLoader(TensorDataset(torch.arange(len(y))), batch_size=BATCH, shuffle=True)
     epochs = [[b[0] for b in loader] for _ in range(EPOCHS)]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=5e-3)
     total = sum(len(e) for e in epochs)
@@ -422,36 +432,77 @@ def test_loo_scratch_script_equals_plain_retraining(exp, tiny, finetuned, capsys
     script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
     d = torch.load(exp.scores_path("loo", finetuned), weights_only=True)
     s = d["settings"]
-    assert s["protocol"] == "scratch" and s["train_mode"] and s["members"] == 37
+    assert s["protocol"] == "scratch" and s["train_mode"] and s["members"] == N_TRAIN + 1
     assert max(s["control_vs_checkpoint_max_abs_test_loss_diff"]) < 1e-5  # the control member is the checkpoint
     tau = d["scores"]
-    assert tau.shape == (5, 36, N_TEST) and torch.isfinite(tau).all()
+    assert tau.shape == (5, N_TRAIN, N_TEST) and torch.isfinite(tau).all()
     train, test = io.load_subsets(exp)
     x, y = plain_inputs(train["images"]), train["labels"]
     xt, yt = plain_inputs(test["images"]), test["labels"]
     full = _plain_loo(tiny, finetuned, x, y, xt, yt, None, exp.ckpt_epochs)
-    for j in (0, 17, 35):
+    for j in (0, 5, 11):
         ref = _plain_loo(tiny, finetuned, x, y, xt, yt, j, exp.ckpt_epochs) - full
         assert ref.abs().max() > 1e-4  # a removal effect well above float32 rounding of the losses
         close(tau[:, j], ref, 1e-5)  # bitwise equal on the CPU (member loop); vmapped on CUDA: rounding
 
 
+def _plain_lissa(model, x, y, xt, yt, cfg) -> torch.Tensor:
+    """IF by the FastIF recursion written out: per test sample, h <- v + (1 - damp) h - H_t h / scale over the
+    unshuffled training batches (H_t by double backward), tau = -g_train . h / scale."""
+    g_tr, g_te = autograd_grads(model, x, y), autograd_grads(model, xt, yt)
+    bs, out = cfg.lissa_batch_size, []
+    for i in range(len(yt)):
+        h = g_te[i].clone()
+        for t in range(0, len(y), bs):
+            h = g_te[i] + (1 - cfg.lissa_damp) * h - autograd_hvp(model, x[t:t + bs], y[t:t + bs], h) / cfg.lissa_scale
+        out.append(-(g_tr @ (h / cfg.lissa_scale)))
+    return torch.stack(out, dim=1)
+
+
+def _plain_ats(model, x, y, xt, yt, cfg, js) -> torch.Tensor:
+    """ATS written out: per training sample j, one torch.optim.Adam step on z_j from a copy of the model."""
+    import copy
+    with torch.no_grad():
+        base = F.cross_entropy(model(xt).logits, yt, reduction="none")
+    out = []
+    for j in js:
+        m = copy.deepcopy(model)
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        F.cross_entropy(m(x[j:j + 1]).logits, y[j:j + 1]).backward()
+        opt.step()
+        with torch.no_grad():
+            out.append(F.cross_entropy(m(xt).logits, yt, reduction="none") - base)
+    return torch.stack(out)
+
+
 @pytest.mark.parametrize("name,methods", [("run_ats", ("ats",)), ("run_if", ("if",)),
                                           ("run_gd_and_gc", ("gd", "gc"))])
 def test_tda_scripts_take_vit_experiments(exp, finetuned, name, methods):
+    """Each script on the ViT experiment, against the method written out as a plain loop on one checkpoint's model
+    and the README's preprocessing (plain_inputs): the scripts see the checkpoint's model and the right inputs."""
     script(name).main(["--experiment", exp.name, "--seed_id", "0", "--device", "cpu"])
     for m in methods:
         d = torch.load(exp.scores_path(m, finetuned), weights_only=True)
-        assert d["scores"].shape == (5, 36, N_TEST) and torch.isfinite(d["scores"]).all()
+        assert d["scores"].shape == (5, N_TRAIN, N_TEST) and torch.isfinite(d["scores"]).all()
         assert d["settings"]["model"] == "vit"
-    if "gd" in methods:  # the scripts see the checkpoint's model and the processed inputs
-        ck = io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[2])
-        model, _, _ = model_at(exp, ck, "cpu")
-        train, test = io.load_subsets(exp)
-        g_tr = autograd_grads(model, plain_inputs(train["images"][:3]), train["labels"][:3])
-        g_te = autograd_grads(model, plain_inputs(test["images"][:2]), test["labels"][:2])
-        gd = torch.load(exp.scores_path("gd", finetuned), weights_only=True)["scores"][2, :3, :2]
-        close(gd, g_tr @ g_te.T, 1e-4)
+    c = 2
+    model, _, _ = model_at(exp, io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[c]), "cpu")
+    train, test = io.load_subsets(exp)
+    x, y, xt, yt = plain_inputs(train["images"]), train["labels"], plain_inputs(test["images"]), test["labels"]
+    scores = {m: torch.load(exp.scores_path(m, finetuned), weights_only=True)["scores"][c] for m in methods}
+    if "gd" in methods:
+        g_tr, g_te = autograd_grads(model, x[:3], y[:3]), autograd_grads(model, xt[:2], yt[:2])
+        close(scores["gd"][:3, :2], g_tr @ g_te.T, 1e-4)
+        close(scores["gc"][:3, :2], (g_tr @ g_te.T) / (g_tr.norm(dim=1)[:, None] * g_te.norm(dim=1)[None]), 1e-4)
+    if "ats" in methods:
+        js = [0, 5, 11]
+        ref = _plain_ats(model, x, y, xt, yt, exp, js)
+        assert ref.abs().max() > 0
+        close(scores["ats"][js], ref, 1e-3)  # float32: one Adam step, then 30 test losses
+    if "if" in methods:
+        cols = [0, 29]
+        ref = _plain_lissa(model, x, y, xt[cols], yt[cols], exp)
+        close(scores["if"][:, cols], ref, 1e-4)
 
 
 def _plain_continuation(tiny, seed, ckpt, x, y, xt, yt, remove):
@@ -469,15 +520,15 @@ def _plain_continuation(tiny, seed, ckpt, x, y, xt, yt, remove):
 def test_loo_paired_protocol_equals_plain_continuation(exp, tiny, finetuned, tmp_path, capsys):
     script("run_loo").main(["--experiment", exp.name, "--seed_id", "0", "--protocol", "paired", "--overwrite"])
     d = torch.load(exp.scores_path("loo", finetuned), weights_only=True)
-    assert d["settings"]["protocol"] == "paired" and d["settings"]["members"] == 37
-    assert d["scores"].shape == (5, 36, N_TEST) and torch.isfinite(d["scores"]).all() and d["scores"].abs().max() > 0
+    assert d["settings"]["protocol"] == "paired" and d["settings"]["members"] == N_TRAIN + 1
+    assert d["scores"].shape == (5, N_TRAIN, N_TEST) and torch.isfinite(d["scores"]).all() and d["scores"].abs().max() > 0
     train, test = io.load_subsets(exp)
     x, y = plain_inputs(train["images"]), train["labels"]
     xt, yt = plain_inputs(test["images"]), test["labels"]
     for c in (0, 4):  # the first and the last checkpoint
         ck = io.load_checkpoint(exp, finetuned, exp.ckpt_epochs[c])
         control = _plain_continuation(tiny, finetuned, ck, x, y, xt, yt, None)
-        for j in (3, 30):
+        for j in (3, 10):
             ref = _plain_continuation(tiny, finetuned, ck, x, y, xt, yt, j) - control
             assert ref.abs().max() > 1e-4
             close(d["scores"][c, j], ref, 1e-5)

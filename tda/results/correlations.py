@@ -1,35 +1,32 @@
 """Pearson and Spearman correlations between TDA methods of mu, sigma and SNR at K = C checkpoints.
 
-The maths (`seed_moments`, `correlation_matrices`) and the writing (`write_correlations`) take loaded
-`MethodScores`; `correlations_step` is the thin layer that finds an experiment's score files, skips
-finished outputs and loads the rest.
+Our methods and scores computed elsewhere alike (`run_correlations.py --scores`): each method is a `Member`,
+their shared pairs and seeds are matched by dataset index and seed (`matching`), and the matrices are
+computed block by block (`corrmaths`). `correlations_step` and `correlations_with_scores` are the thin layers
+that find the score files, skip finished outputs and write the CSVs and heatmaps.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import plots, stats
+from .. import plots
 from ..config import ExperimentConfig, TDAError
-from .inventory import Inventory, MethodScores, take_inventory
 from ..locking import claim, lock_path
+from ..seeds import load_seeds
+from .corrmaths import CORR_KINDS, CORR_STATS, correlation_matrices
+from .external_scores import External, index_files, load_external
+from .inventory import Inventory, MethodScores, take_inventory
+from .matching import Member, share
 from .outputs import Fingerprint, Outputs, write_figure
 
-CORR_KINDS = ("pearson", "spearman")
-CORR_STATS = {"mean": "mean (mu)", "std": "std (sigma)", "snr": "SNR (mu/sigma)"}
 CORR_MANIFEST = ".correlations_manifest.json"
 FIG_FORMATS = ("png", "pdf")
 
 Log = Callable[[str], None]
-
-
-def _recompute(method: str) -> str:
-    return f"recompute the {method} scores"
 
 
 def corr_csv_name(kind: str, stat: str) -> str:
@@ -42,50 +39,27 @@ def corr_fig_stem(kind: str) -> str:
     return f"correlations_{kind}"
 
 
-def seed_moments(scores: Iterable[MethodScores], k: int | None = None, name: str = "",
-                 fix: Callable[[str], str] = _recompute) -> tuple[dict, int, int]:
-    """Per statistic (mean, std, snr), label -> [N, M] over seeds of tau averaged over the last K checkpoints.
-
-    K defaults to every checkpoint of the first method. All methods must cover the same train/test samples.
-    Returns (per-statistic values, K, largest number of seeds).
-    """
-    per_stat: dict[str, dict[str, np.ndarray]] = {s: {} for s in CORR_STATS}
-    ref, n_seeds = None, 0
-    for ms in scores:
-        k = ms.scores.shape[1] if k is None else k
-        if ref is None:
-            ref = (ms.method, ms.train_indices, ms.test_indices, ms.seeds)
-        elif (ms.train_indices, ms.test_indices) != ref[1:3]:
-            raise TDAError(f"{ms.method} and {ref[0]} scores{' of ' + name if name else ''} cover different "
-                           f"train/test samples: {fix(ms.method)}")
-        elif ms.seeds != ref[3]:  # comparing statistics over different posterior samples would mix noise
-            raise TDAError(f"{ms.method} and {ref[0]} scores{' of ' + name if name else ''} come from different "
-                           f"seeds ({ms.seeds} vs {ref[3]}): correlate them on the seeds they share")
-        st = stats.stats_across_k(ms.scores, k)  # keep only the statistics: scores can be large
-        per_stat["mean"][ms.label], per_stat["std"][ms.label], per_stat["snr"][ms.label] = st.mu, st.sigma, st.snr
-        n_seeds = max(n_seeds, len(ms.seeds))
-    if ref is None:
-        raise TDAError("correlations need the scores of at least 2 methods, got none")
-    return per_stat, k, n_seeds
+def member(ms: MethodScores, k: int | None = None) -> Member:
+    """A method's scores as a member of a correlation, at K = k (at most its checkpoints; default all of them)."""
+    n_ckpts = ms.scores.shape[1]
+    return Member(ms.label, ms.source, list(ms.seeds), list(ms.train_indices), list(ms.test_indices),
+                  n_ckpts if k is None else min(k, n_ckpts))
 
 
-def correlation_matrices(per_stat: dict[str, dict[str, np.ndarray]]) -> dict[tuple[str, str], pd.DataFrame]:
-    """{(kind, stat): methods x methods matrix}, each flattened over all train-test pairs."""
-    return {(kind, s): stats.correlation_matrix(per_stat[s], kind) for kind in CORR_KINDS for s in CORR_STATS}
-
-
-def write_correlations(out: Outputs, scores: Iterable[MethodScores], fp_all: Fingerprint, name: str,
-                       k: int | None = None, fix: Callable[[str], str] = _recompute,
-                       ) -> dict[tuple[str, str], pd.DataFrame]:
-    """Compute and write the correlation CSVs and heatmaps (titled with `name`) of `scores` (may be a generator)."""
-    per_stat, k, n_seeds = seed_moments(scores, k, name, fix)
-    mats = correlation_matrices(per_stat)
+def write_correlations(out: Outputs, members: list[Member], fp_all: Fingerprint, name: str,
+                       log: Log = print) -> dict[tuple[str, str], pd.DataFrame]:
+    """Compute and write the correlation CSVs and heatmaps (titled with `name`) of `members`."""
+    shared = share(members)
+    ks = sorted({m.k for m in members})
+    log(f"correlations over {len(shared.train)} training x {len(shared.test)} test samples and "
+        f"{len(shared.seeds)} seeds shared by {', '.join(m.label for m in members)}")
+    mats = correlation_matrices(members, shared)
     for kind in CORR_KINDS:
         for s in CORR_STATS:
             out.write(corr_csv_name(kind, s), mats[(kind, s)].to_csv(), fp_all)
         fig = plots.correlation_heatmaps({CORR_STATS[s]: mats[(kind, s)] for s in CORR_STATS},
                                          f"{name}: {kind.capitalize()} correlation between methods, "
-                                         f"K = {k} checkpoints, up to {n_seeds} seeds")
+                                         f"K = {'/'.join(map(str, ks))} checkpoints, {len(shared.seeds)} seeds")
         write_figure(out, corr_fig_stem(kind), fig, fp_all, formats=FIG_FORMATS)
     return mats
 
@@ -100,24 +74,24 @@ class CorrelationSummary:
     notes: list[str]
 
 
+def output_names() -> list[str]:
+    """Every file the correlation step writes."""
+    return ([corr_csv_name(k, s) for k in CORR_KINDS for s in CORR_STATS]
+            + [f"{corr_fig_stem(k)}.{ext}" for k in CORR_KINDS for ext in FIG_FORMATS])
+
+
 def expected_outputs(inv: Inventory) -> dict[str, Fingerprint]:
     """Every file the correlation step writes, with the fingerprint of its inputs (all methods' files)."""
     fp = inv.fp_all()
-    names = [corr_csv_name(k, s) for k in CORR_KINDS for s in CORR_STATS]
-    names += [f"{corr_fig_stem(k)}.{ext}" for k in CORR_KINDS for ext in FIG_FORMATS]
-    return {n: fp for n in names}
+    return {n: fp for n in output_names()}
 
 
-def correlations_step(cfg: ExperimentConfig, methods: list[str] | tuple[str, ...] | None = None,
-                      overwrite: bool = False, log: Log = print) -> CorrelationSummary:
-    """run_correlations.py: correlation matrices between methods of mu, sigma and SNR, CSVs and heatmaps."""
-    with claim(lock_path(cfg.results_dir, "correlations")):  # one process at a time per step
-        return _correlations_step(cfg, methods, overwrite, log)
-
-
-def _correlations_step(cfg: ExperimentConfig, methods, overwrite: bool, log: Log):
-    inv = take_inventory(cfg, methods, need=2)
-    notes = inv.describe()
+def _ours(cfg: ExperimentConfig, methods, need: int, notes: list[str]) -> Inventory | None:
+    """Our methods' inventory restricted to the seeds they all have (None when there is none to include)."""
+    inv = take_inventory(cfg, methods, need=need)
+    notes += inv.describe()
+    if not inv.methods:
+        return None
     shared = inv.shared()
     n_shared = len(next(iter(shared.files.values())))
     if any(len(f) != n_shared for f in inv.files.values()):
@@ -125,28 +99,87 @@ def _correlations_step(cfg: ExperimentConfig, methods, overwrite: bool, log: Log
     if n_shared < 2:
         raise TDAError(f"the outputs {', '.join(inv.methods)} of {cfg.name} share {n_shared} seed(s), correlations "
                        f"need >= 2: run `{inv.fix(inv.methods)}`")
-    inv = shared
+    return shared
+
+
+def correlations_step(cfg: ExperimentConfig, methods: list[str] | tuple[str, ...] | None = None,
+                      overwrite: bool = False, log: Log = print) -> CorrelationSummary:
+    """run_correlations.py: correlation matrices between methods of mu, sigma and SNR, CSVs and heatmaps."""
+    with claim(lock_path(cfg.results_dir, "correlations")):  # one process at a time per step
+        notes: list[str] = []
+        inv = _ours(cfg, methods, 2, notes)
+        for line in notes:
+            log(line)
+        out = Outputs(cfg.results_dir, CORR_MANIFEST, overwrite)
+        figures = [cfg.results_dir / f"{corr_fig_stem(k)}.{e}" for k in CORR_KINDS for e in FIG_FORMATS]
+        if out.all_finished(expected_outputs(inv)):
+            log(f"correlations of {cfg.name} are up to date: nothing recomputed (--overwrite to redo)")
+            return CorrelationSummary(read_correlations(cfg.results_dir), figures, skipped=True, notes=notes)
+        mats = write_correlations(out, [member(inv.open(m), cfg.n_ckpts) for m in inv.methods], inv.fp_all(),
+                                  cfg.name, log=lambda s: None)
+        out.save_manifest(methods={m: list(inv.files[m]) for m in inv.methods})
+        log(f"wrote {len(out.written)} files to {cfg.results_dir}/ ({len(out.kept)} unchanged)")
+        return CorrelationSummary(mats, figures, skipped=False, notes=notes)
+
+
+def _with_seed_names(ext: External, experiment_seeds: list[int] | None, log: Log) -> MethodScores:
+    """External scores whose seeds are only numbered take the experiment's seeds in random_seeds.pt order."""
+    ms = ext.ms
+    if ext.seeds_named or not experiment_seeds or len(ms.seeds) > len(experiment_seeds):
+        return ms
+    seeds = experiment_seeds[:len(ms.seeds)]
+    log(f"{ms.label}: seeds not named by its files, taken as the experiment's first {len(seeds)} "
+        f"({', '.join(map(str, seeds))})")
+    return MethodScores(ms.method, seeds, ms.scores, ms.train_indices, ms.test_indices, ms.ckpt_epochs, ms.settings,
+                        ms.label)
+
+
+def correlations_with_scores(cfg: ExperimentConfig | None, out_dir: Path, scores: list[str], method_names: list[str],
+                             train_file: str | None = None, test_file: str | None = None,
+                             methods: list[str] | None = None, overwrite: bool = False,
+                             log: Log = print) -> CorrelationSummary:
+    """run_correlations.py --scores: external methods correlated with each other and, when `cfg` is an experiment
+    with scores, with its own methods (LOO included), over the pairs and seeds they share, into `out_dir`."""
+    if len(scores) != len(method_names):
+        raise TDAError(f"--scores lists {len(scores)} source(s) and --method_name {len(method_names)}: "
+                       "give one name each")
+    train, test = index_files(train_file, test_file)
+    externals = [load_external(path, name, train, test) for path, name in zip(scores, method_names)]
+    notes: list[str] = []
+    inv = _ours(cfg, methods, 0, notes) if cfg is not None else None
     for line in notes:
         log(line)
-    out = Outputs(cfg.results_dir, CORR_MANIFEST, overwrite)
-    figures = [cfg.results_dir / f"{corr_fig_stem(k)}.{e}" for k in CORR_KINDS for e in FIG_FORMATS]
-    if out.all_finished(expected_outputs(inv)):
-        log(f"correlations of {cfg.name} are up to date: nothing recomputed (--overwrite to redo)")
-        return CorrelationSummary(read_correlations(cfg), figures, skipped=True, notes=notes)
-    loaded = (inv.load(m) for m in tqdm(inv.methods, desc="correlations", leave=False))
-    mats = write_correlations(out, loaded, inv.fp_all(), cfg.name, cfg.n_ckpts,
-                              fix=lambda m: f"rerun `{inv.fix([m])} --overwrite`")
-    out.save_manifest(methods={m: list(inv.files[m]) for m in inv.methods})
-    log(f"wrote {len(out.written)} files to {cfg.results_dir}/ ({len(out.kept)} unchanged)")
-    return CorrelationSummary(mats, figures, skipped=False, notes=notes)
+    own = list(inv.methods) if inv is not None else []
+    if len(own) + len(externals) < 2:
+        raise TDAError(f"correlations need >= 2 methods, got {', '.join(method_names)} only: give another --scores, "
+                       "or an --experiment with scores of its own")
+    with claim(lock_path(out_dir, "correlations")):
+        out = Outputs(out_dir, CORR_MANIFEST, overwrite)
+        fp_all = {**(inv.fp_all() if inv is not None else {}), **{e.ms.method: e.fingerprint() for e in externals}}
+        figures = [out_dir / f"{corr_fig_stem(k)}.{e}" for k in CORR_KINDS for e in FIG_FORMATS]
+        if out.all_finished({n: fp_all for n in output_names()}):
+            log(f"correlations in {out_dir}/ are up to date: nothing recomputed (--overwrite to redo)")
+            return CorrelationSummary(read_correlations(out_dir), figures, skipped=True, notes=notes)
+        k = cfg.n_ckpts if cfg is not None else None
+        seeds = load_seeds(cfg.root) if cfg is not None else None
+        members = [member(inv.open(m), k) for m in own]
+        members += [member(_with_seed_names(e, seeds, log), k) for e in externals]
+        for m in members[len(own):]:
+            if k is not None and m.k < k:
+                log(f"{m.label}: {m.k} checkpoint(s) per seed, averaged over those (ours over {k})")
+        mats = write_correlations(out, members, fp_all, out_dir.name, log)
+        out.save_manifest(methods={m.label: m.seeds for m in members})
+        log(f"wrote {len(out.written)} files to {out_dir}/ ({len(out.kept)} unchanged)")
+        return CorrelationSummary(mats, figures, skipped=False, notes=notes)
 
 
-def read_correlations(cfg: ExperimentConfig) -> dict[tuple[str, str], pd.DataFrame]:
-    """The correlation CSVs written by run_correlations.py (those that exist)."""
+def read_correlations(directory: Path | ExperimentConfig) -> dict[tuple[str, str], pd.DataFrame]:
+    """The correlation CSVs written by run_correlations.py (those that exist) in a results directory."""
+    d = directory.results_dir if isinstance(directory, ExperimentConfig) else Path(directory)
     out = {}
     for kind in CORR_KINDS:
         for s in CORR_STATS:
-            p = cfg.results_dir / corr_csv_name(kind, s)
+            p = d / corr_csv_name(kind, s)
             if p.exists():
                 out[(kind, s)] = pd.read_csv(p, index_col=0)
     return out
@@ -159,3 +192,4 @@ def format_correlations(mats: dict[tuple[str, str], pd.DataFrame], k: int = 5) -
         parts.append(f"{kind.capitalize()} correlation of {CORR_STATS[s]} between methods (K = {k}):\n"
                      + m.to_string(float_format=lambda v: f"{v:+.3f}"))
     return "\n\n".join(parts) + "\n"
+

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import io
 from ..config import ExperimentConfig, TDAError
 from ..methods import label, outputs
 from ..seeds import load_seeds
 from .outputs import Fingerprint, fingerprint
+from .sources import AXES, ArraySource, ScoreSource, SeedFilesSource
 
 
 def score_files(cfg: ExperimentConfig, output: str, seeds: list[int]) -> dict[int, Path]:
@@ -31,18 +33,21 @@ def commands(experiment: str, methods: list[str]) -> str:
     return "; ".join(dict.fromkeys(registered[m].command(experiment) for m in methods))
 
 
-AXES = ("seeds", "checkpoints", "training samples N", "test samples M")
 SOURCES = ("seeds", "checkpoint epochs", "training indices", "test indices")
 
 
 @dataclass
 class MethodScores:
-    """All seeds' attributions tau of one output, [S seeds, C checkpoints, N train, M test] float64, with
-    their dataset indices and table label (default: the registry's label of `method`)."""
+    """All seeds' attributions tau of one output, [S seeds, C checkpoints, N train, M test], with their dataset
+    indices and table label (default: the registry's label of `method`).
+
+    `scores` is an array in memory (float32 kept as float32, other types as float64) or a `ScoreSource` read
+    block by block (a file too large to load); `source` reads either way.
+    """
 
     method: str
     seeds: list[int]
-    scores: np.ndarray
+    scores: np.ndarray | ScoreSource
     train_indices: list[int]
     test_indices: list[int]
     ckpt_epochs: list[int]
@@ -50,18 +55,27 @@ class MethodScores:
     label: str = ""
 
     def __post_init__(self) -> None:
-        self.scores = np.asarray(self.scores, dtype=np.float64)
+        if not hasattr(self.scores, "read"):
+            self.scores = np.asarray(self.scores)
+            if self.scores.dtype not in (np.float32, np.float64):
+                self.scores = self.scores.astype(np.float64)
         self.label = self.label or label(self.method)
+        shape = tuple(self.scores.shape)
         want = (len(self.seeds), len(self.ckpt_epochs), len(self.train_indices), len(self.test_indices))
-        if self.scores.ndim != 4:
-            raise TDAError(f"{self.label} scores have {self.scores.ndim} axes (shape {tuple(self.scores.shape)}), "
+        if len(shape) != 4:
+            raise TDAError(f"{self.label} scores have {len(shape)} axes (shape {shape}), "
                            "expected 4: [seeds, checkpoints, n_train, n_test]")
-        for axis, (got, expected) in enumerate(zip(self.scores.shape, want)):
+        for axis, (got, expected) in enumerate(zip(shape, want)):
             if got != expected:
-                raise TDAError(f"{self.label} scores have shape {tuple(self.scores.shape)}: axis {axis} "
+                raise TDAError(f"{self.label} scores have shape {shape}: axis {axis} "
                                f"({AXES[axis]}) has {got} entries, but its {SOURCES[axis]} list {expected}")
         if len(self.seeds) < 2:
             raise TDAError(f"{self.label} scores have {len(self.seeds)} seed(s): sigma needs >= 2")
+
+    @property
+    def source(self) -> ScoreSource:
+        """The scores as a block-readable source."""
+        return self.scores if hasattr(self.scores, "read") else ArraySource(self.scores)
 
 
 @dataclass
@@ -112,12 +126,25 @@ class Inventory:
         return lines
 
     def load(self, method: str) -> MethodScores:
-        """Load and check one output's score files: same shape, checkpoints and indices for every seed."""
+        """Load and check one output's score files: same shape, checkpoints and indices for every seed (float64)."""
+        return self._read(method, lazy=False)
+
+    def open(self, method: str) -> MethodScores:
+        """The same scores, checked the same way, read block by block from the files when used (float32)."""
+        return self._read(method, lazy=True)
+
+    def _read(self, method: str, lazy: bool) -> MethodScores:
         cfg = self.cfg
         fix = f"delete it and run `{self.fix([method])}`"
         arrays, ref, common = [], None, None
-        for s in self.files[method]:
-            d = io.load_scores(cfg, method, s, fix=f"run `{self.fix([method])}`")
+        for s, path in self.files[method].items():
+            if lazy:
+                try:
+                    d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+                    raise TDAError(f"corrupt {method} scores {path} ({type(e).__name__}): {fix}")
+            else:
+                d = io.load_scores(cfg, method, s, fix=f"run `{self.fix([method])}`")
             if not isinstance(d, dict) or "scores" not in d:
                 raise TDAError(f"corrupt {method} scores {cfg.scores_path(method, s)}: {fix}")
             sc = d["scores"]
@@ -134,10 +161,14 @@ class Inventory:
             settings = dict(d.get("settings", {}))
             common = settings if common is None else {k: v for k, v in common.items()
                                                       if k in settings and str(settings[k]) == str(v)}
-            arrays.append(sc.double().numpy())
-        _, (_, train_idx, test_idx, epochs) = ref
+            if not lazy:
+                arrays.append(sc.double().numpy())
+            del d, sc
+        (shape, train_idx, test_idx, epochs) = ref[1]
+        files = list(self.files[method].values())
+        scores = SeedFilesSource(files, (len(files), *shape), np.float32) if lazy else np.stack(arrays)
         # per-seed values (seed, timing) differ between files: keep the settings all seeds share
-        return MethodScores(method, list(self.files[method]), np.stack(arrays), train_idx, test_idx, epochs, common)
+        return MethodScores(method, list(self.files[method]), scores, train_idx, test_idx, epochs, common)
 
 
 def take_inventory(cfg: ExperimentConfig, methods: list[str] | tuple[str, ...] | None = None,

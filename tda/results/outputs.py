@@ -9,10 +9,11 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from .. import io, plots, provenance
 
 #: what an output depends on, as recorded in the manifest (JSON-serialisable)
 Fingerprint = Any
+#: an output's content: bytes, text, or a function that writes the file at the path it is given (large outputs,
+#: written as they are computed)
+Content = Union[bytes, str, Callable[[str], None]]
 
 
 _digests: dict[tuple, str] = {}
@@ -59,9 +63,27 @@ def _writer(raw: bytes) -> Callable[[str], None]:
     return write
 
 
-def write_if_changed(path: Path, data: bytes | str) -> bool:
-    """Write `data` to `path` atomically unless the file already holds exactly these bytes; True if written."""
+class _Unchanged(Exception):
+    """The freshly written temp file equals the file on disk: keep the old one (and its mtime)."""
+
+
+def write_if_changed(path: Path, data: Content) -> bool:
+    """Write `data` to `path` atomically unless the file already holds exactly these bytes; True if written.
+
+    A callable writes a temp file that is compared with the existing file chunk by chunk, so an output of
+    gigabytes is never held in memory.
+    """
     path = Path(path)
+    if callable(data):
+        def write(tmp: str) -> None:
+            data(tmp)
+            if path.exists() and filecmp.cmp(tmp, path, shallow=False):
+                raise _Unchanged
+        try:
+            io.atomic_write_with(path, write)
+        except _Unchanged:
+            return False
+        return True
     raw = data.encode() if isinstance(data, str) else data
     if path.exists() and path.read_bytes() == raw:
         return False
@@ -92,13 +114,19 @@ class Outputs:
         """True when every expected output {name: fingerprint} is finished."""
         return all(self.finished(n, fp) for n, fp in expected.items())
 
-    def write(self, name: str, data: bytes | str, fp: Fingerprint) -> Path:
+    def write(self, name: str, data: Content, fp: Fingerprint) -> Path:
         """Write `data` atomically unless the file already holds exactly these bytes; record its inputs."""
         path = self.dir / name
         (self.written if write_if_changed(path, data) else self.kept).append(path)
         self.recorded[name] = digest(fp)
         self.save_manifest()
         return path
+
+    def remove(self, name: str) -> None:
+        """Delete an output that no longer applies (e.g. a figure with nothing left to show)."""
+        (self.dir / name).unlink(missing_ok=True)
+        if self.recorded.pop(name, None) is not None:
+            self.save_manifest()
 
     def save_manifest(self, **extra: Any) -> None:
         """Store the manifest (plus `extra` top-level entries), atomically and only when it changed."""

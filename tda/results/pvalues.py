@@ -1,7 +1,9 @@
 """Per-pair p-values of every TDA method over seeds and K = 1..C checkpoints, the mean p-value table, significance.
 
-The maths (`method_pvalues`) and the writing (`write_pvalues`) take loaded `MethodScores`; `pvalues_step`
-is the thin layer that finds the score files of an experiment, skips finished outputs and loads the rest.
+Per method, `perpair.write_method` streams the per-K CSVs, the per-pair table and the histogram and returns
+its tallies; `write_pvalues` adds the aggregate tables (the paper's mean p-value table, significance.csv) and
+the trusted pairs. `pvalues_step` is the thin layer that finds the score files of an experiment, skips
+finished outputs and loads the rest. `method_pvalues` is the same in memory (the study's tables).
 """
 from __future__ import annotations
 
@@ -13,103 +15,62 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import plots, stats
+from .. import stats
 from ..config import ExperimentConfig, TDAError
 from ..methods import label
 from .inventory import Inventory, MethodScores, take_inventory
 from ..locking import claim, lock_path
-from .outputs import Fingerprint, Outputs, markdown_table, write_figure
+from .outputs import Fingerprint, Outputs, markdown_table
+from .pairfile import pairs_name, pvalue_csv_name
+from .pairs import ALPHA, KTally, analyse
+from .perpair import MethodResult, hist_name, write_method
+from .trust import TRUST_CSV, Subsets, trusted_frame, write_trust
 
-ALPHA = 0.05
-TEST_NAMES = {"z": "z-test on SNR (paper)", "t": "t-test on the mean"}
 PVALUES_MANIFEST = ".pvalues_manifest.json"
-AGG_PVALUE_FILES = ("mean_p_values.csv", "mean_p_values.md", "significance.csv")
+AGG_PVALUE_FILES = ("mean_p_values.csv", "mean_p_values.md", "significance.csv", TRUST_CSV)
 
 Log = Callable[[str], None]
 
 
-def pvalue_csv_name(method: str, k: int) -> str:
-    """File of one method's per-pair p-values with tau averaged over the last K checkpoints."""
-    return f"pvalues_{method}_across_{k}_ckpts.csv"
-
-
-def hist_name(method: str) -> str:
-    """File of one method's p-value histograms."""
-    return f"pvalue_hist_{method}.png"
-
-
 @dataclass
 class MethodPValues:
-    """One method's per-pair p-values {K: [N, M]} under both tests, its significance rows and report facts."""
+    """One method's per-pair p-values {K: [N, M]} under both tests and its significance rows (in memory)."""
 
     z: dict[int, np.ndarray]
     t: dict[int, np.ndarray]
     rows: list[dict]
-    info: dict
-
-
-def significance_row(label: str, k: int, st: stats.SeedStats, pz: np.ndarray, pt: np.ndarray) -> dict:
-    """One row of significance.csv: fractions of pairs with p < 0.05, raw and after Benjamini-Hochberg."""
-    return {
-        "method": label, "K": k, "n_seeds": st.n, "n_pairs": int(pz.size),
-        "n_zero_sigma": int((st.sigma == 0).sum()),
-        "z_mean_p": float(pz.mean()),
-        "z_frac_p_lt_0.05": stats.fraction_below(pz, ALPHA),
-        "z_frac_bh_lt_0.05": stats.fraction_below(stats.benjamini_hochberg(pz), ALPHA),
-        "t_mean_p": float(pt.mean()),
-        "t_frac_p_lt_0.05": stats.fraction_below(pt, ALPHA),
-        "t_frac_bh_lt_0.05": stats.fraction_below(stats.benjamini_hochberg(pt), ALPHA),
-    }
 
 
 def method_pvalues(ms: MethodScores) -> MethodPValues:
     """For K = 1..C: tau averaged over each seed's last K checkpoints, mu/sigma/SNR over seeds, both tests."""
-    n_ckpts = ms.scores.shape[1]
-    info = {"seeds": ms.seeds, "n_train": len(ms.train_indices), "n_test": len(ms.test_indices),
-            "ckpt_epochs": ms.ckpt_epochs, "settings": ms.settings,
-            "shared_share": stats.shared_variance_share(stats.average_last_k(ms.scores, n_ckpts))}
-    z, t, rows = {}, {}, []
-    for k in range(1, n_ckpts + 1):
-        st = stats.stats_across_k(ms.scores, k)
-        z[k], t[k] = stats.z_pvalues(st.snr), stats.t_pvalues(st)
-        rows.append(significance_row(ms.label, k, st, z[k], t[k]))
-    return MethodPValues(z, t, rows, info)
+    a = analyse(ms.source)
+    return MethodPValues({k: a.arrays["p_z"][k - 1] for k in a.tallies}, {k: a.arrays["p_t"][k - 1] for k in a.tallies},
+                         [t.row(ms.label) for t in a.tallies.values()])
 
 
-def pvalue_frame(p: np.ndarray, ms: MethodScores) -> pd.DataFrame:
-    """Per-pair p-values labelled by dataset indices: rows train samples j, columns test samples i."""
-    return pd.DataFrame(p, index=pd.Index(ms.train_indices, name="train_index"),
-                        columns=pd.Index(ms.test_indices, name="test_index"))
+def tables(tallies: dict[str, dict[int, KTally]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the paper's mean p-value table [K x methods], significance.csv's rows) of methods' tallies by label."""
+    table = pd.DataFrame({lab: {k: t.mean_p("z") for k, t in per_k.items()} for lab, per_k in tallies.items()})
+    table.index.name = "K"
+    return table, pd.DataFrame([t.row(lab) for lab, per_k in tallies.items() for t in per_k.values()])
 
 
 def write_pvalues(out: Outputs, scores: Iterable[MethodScores], fp: Callable[[str], Fingerprint],
-                  fp_all: Fingerprint) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write per-pair CSVs and histograms of each method (unless finished), then the aggregate tables.
+                  fp_all: Fingerprint, subsets: Subsets | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write each method's per-pair files and histograms (unless finished), then the aggregate tables and the
+    trusted pairs (labelled and pictured from `subsets` when given).
 
-    `scores` may be a generator, so only one method's scores are in memory at a time; `fp(method)` is
-    the fingerprint of that method's inputs, `fp_all` that of all of them. Returns (mean p, significance).
+    `scores` may be a generator, so only one method's scores are in memory at a time (and a method read from a
+    file is never whole in memory); `fp(method)` is the fingerprint of that method's inputs, `fp_all` that of
+    all of them. Returns (mean p, significance).
     """
-    mean_p, rows, info = {}, [], {}
-    for ms in scores:
-        res, f = method_pvalues(ms), fp(ms.method)
-        for k, pz in res.z.items():
-            name = pvalue_csv_name(ms.method, k)
-            if not out.finished(name, f):
-                # float32 scores carry ~7 significant digits: more would only be noise
-                out.write(name, pvalue_frame(pz, ms).to_csv(float_format="%.7g"), f)
-        if not out.finished(hist_name(ms.method), f):
-            fig = plots.pvalue_histogram({TEST_NAMES["z"]: res.z, TEST_NAMES["t"]: res.t}, ms.label, len(ms.seeds))
-            write_figure(out, hist_name(ms.method).removesuffix(".png"), fig, f)
-        mean_p[ms.label] = {k: float(pz.mean()) for k, pz in res.z.items()}
-        rows += res.rows
-        info[ms.method] = res.info
-    table = pd.DataFrame(mean_p)
-    table.index.name = "K"
-    sig = pd.DataFrame(rows)
-    out.save_manifest(info=info)  # before the aggregates: a finished table always has its report info
-    out.write("mean_p_values.csv", table.to_csv(), fp_all)
+    results: list[MethodResult] = [write_method(out, ms, fp(ms.method)) for ms in scores]
+    table, sig = tables({r.ms.label: r.tallies for r in results})
+    out.save_manifest(info={r.ms.method: r.info for r in results})  # before the aggregates: a finished table
+    out.write("mean_p_values.csv", table.to_csv(), fp_all)          # always has its report info
     out.write("mean_p_values.md", mean_p_markdown(table, sig), fp_all)
     out.write("significance.csv", sig.to_csv(index=False), fp_all)
+    write_trust(out, trusted_frame(results, subsets), subsets, fp_all)
     return table, sig
 
 
@@ -131,6 +92,7 @@ def expected_outputs(inv: Inventory) -> dict[str, Fingerprint]:
         fp = inv.fp(m)
         expected.update({pvalue_csv_name(m, k): fp for k in range(1, inv.cfg.n_ckpts + 1)})
         expected[hist_name(m)] = fp
+        expected[pairs_name(m)] = fp
     expected.update({n: inv.fp_all() for n in AGG_PVALUE_FILES})
     return expected
 
@@ -154,7 +116,7 @@ def _pvalues_step(cfg: ExperimentConfig, methods, overwrite: bool, log: Log):
             "nothing recomputed (--overwrite to redo)")
         return PValueSummary(*read_pvalue_tables(cfg), figures=figures, skipped=True, notes=notes)
     loaded = (inv.load(m) for m in tqdm(inv.methods, desc="p-values", leave=False))
-    table, sig = write_pvalues(out, loaded, inv.fp, inv.fp_all())
+    table, sig = write_pvalues(out, loaded, inv.fp, inv.fp_all(), Subsets.of(cfg))
     log(f"wrote {len(out.written)} files to {cfg.results_dir}/ ({len(out.kept)} unchanged)")
     return PValueSummary(table, sig, figures, skipped=False, notes=notes)
 

@@ -15,6 +15,7 @@ from .correlations import CORR_KINDS, FIG_FORMATS, corr_csv_name, corr_fig_stem,
 from .outputs import markdown_table, read_manifest, write_if_changed
 from .pvalues import (ALPHA, PVALUES_MANIFEST, PValueSummary, format_pvalue_summary, hist_name, mean_p_markdown,
                       read_pvalue_tables)
+from .trust import TRUST_FIG, trust_section
 
 READING_GUIDE = Path(__file__).with_name("reading_guide.md")
 _REDUNDANT = {"method", "model", "n_train", "n_test", "note"}
@@ -121,13 +122,15 @@ def build_report(cfg: ExperimentConfig) -> str:
     parts.append("\n## Mean p-value (the paper's table)\n\nMean over all train-test pairs of the z-test "
                  "p-value, rows = number K of last checkpoints averaged per seed. "
                  "(`mean_p_values.csv`; per-pair values in `pvalues_<method>_across_<K>_ckpts.csv`, "
-                 "rows = train dataset indices, columns = test dataset indices.)\n\n")
+                 "rows = train dataset indices, columns = test dataset indices; every pair's mu, sigma, SNR, both "
+                 "p-values and BH q-value, one row per pair and K, in `pairs_<method>.parquet`.)\n\n")
     parts.append(mean_p_markdown(mean_p, sig))
     cols = ["method", "K", "n_seeds", "z_frac_p_lt_0.05", "z_frac_bh_lt_0.05", "t_frac_p_lt_0.05",
             "t_frac_bh_lt_0.05"]
     parts.append(f"\n## Fraction of pairs with p < {ALPHA}\n\nz = paper's test, t = t-test on the mean, "
                  "bh = after Benjamini-Hochberg (`significance.csv`).\n\n")
     parts.append(markdown_table(sig[cols].set_index("method")))
+    parts.append(trust_section(d, sig))
     parts.append("\n## p-value histograms\n\n")
     for m in info:
         parts.append(f"![{label(m)} p-values]({hist_name(m)})\n\n")
@@ -159,7 +162,8 @@ def figure_paths(cfg: ExperimentConfig) -> list[Path]:
     hists = [d / hist_name(m) for m in _in_order(used) if (d / hist_name(m)).exists()]
     corr = [d / f"{corr_fig_stem(k)}.{e}" for k in CORR_KINDS for e in FIG_FORMATS
             if (d / f"{corr_fig_stem(k)}.{e}").exists()]
-    return hists + corr
+    trusted = [d / TRUST_FIG] if (d / TRUST_FIG).exists() else []
+    return hists + trusted + corr
 
 
 def main(argv: list[str] | None = None) -> None:

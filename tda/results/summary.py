@@ -4,7 +4,9 @@ experiments, from each experiment's results/<experiment>/{mean_p_values,signific
 `python run_summary.py [--experiments E ...]` writes results/summary/: `mean_p_k.csv` (mean z-test
 p-value at the largest K, method x experiment), `significance.csv` (all fractions at that K, long
 format), `mean_p_vs_k.csv/.png` (mean p-value against K, one panel per method, one line per
-experiment), `significance.csv/.png` beside its figure, and `report.md`. Finished files are kept (a
+experiment), `significance.csv/.png` beside its figure, `external_methods.csv` (the methods computed
+elsewhere, `run_pvalues.py --scores`, with their source and their correlation with LOO where
+`run_correlations.py --scores` computed it), and `report.md`. Finished files are kept (a
 hidden manifest records the digests of the input CSVs) and every write is atomic.
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ import pandas as pd
 from .. import plots  # noqa: F401 - sets the headless backend before seaborn loads pyplot
 from .. import provenance, stats
 from ..config import TDAError, repo_root
-from .outputs import Outputs, markdown_table, write_figure
+from ..methods import outputs
+from .outputs import Outputs, markdown_table, read_manifest, write_figure
 
 import seaborn as sns  # noqa: E402,I001
 
@@ -26,7 +29,10 @@ FRACTIONS = {"z_frac_p_lt_0.05": "z, raw", "z_frac_bh_lt_0.05": "z, BH", "t_frac
              "t_frac_bh_lt_0.05": "t, BH"}
 TABLES = ("mean_p_values.csv", "significance.csv")
 FILES = ("mean_p_k.csv", "significance.csv", "mean_p_vs_k.csv", "mean_p_vs_k.png", "significance.png",
-         "report.md")
+         "external_methods.csv", "report.md")
+#: what the summary lists of a method computed elsewhere
+EXTERNAL_COLUMNS = ["experiment", "method", "scores", "n_seeds", "n_train", "n_test", "K", "z_mean_p",
+                    "t_frac_bh_lt_0.05", "pearson_mean_vs_LOO", "spearman_mean_vs_LOO"]
 
 
 def results_dir(root: Path, experiment: str) -> Path:
@@ -112,6 +118,47 @@ def significance_figure(sig: pd.DataFrame):
     return g.figure
 
 
+def _corr(d: Path, kind: str, a: str, b: str) -> float:
+    path = d / f"correlation_{kind}_mean.csv"
+    if not path.exists():
+        return float("nan")
+    m = pd.read_csv(path, index_col=0)
+    return float(m.loc[a, b]) if a in m.index and b in m.columns else float("nan")
+
+
+def external_methods(experiments: list[str], root: Path, sig: pd.DataFrame) -> pd.DataFrame:
+    """The methods of each experiment's tables that were computed elsewhere: where their scores came from, their
+    significance at the largest K and the correlation of their mu with LOO's (NaN where not computed)."""
+    rows = []
+    for e in experiments:
+        d = results_dir(root, e)
+        info = read_manifest(d / ".pvalues_manifest.json").get("info", {})
+        for m, i in info.items():
+            if m in outputs():
+                continue
+            lab = m.upper()
+            at_k = sig[(sig["experiment"] == e) & (sig["method"] == lab)]
+            rows.append({"experiment": e, "method": lab, "scores": i.get("settings", {}).get("scores", "?"),
+                         "n_seeds": len(i.get("seeds", [])), "n_train": i.get("n_train"), "n_test": i.get("n_test"),
+                         "K": int(at_k["K"].iloc[0]) if len(at_k) else None,
+                         "z_mean_p": float(at_k["z_mean_p"].iloc[0]) if len(at_k) else float("nan"),
+                         "t_frac_bh_lt_0.05": float(at_k["t_frac_bh_lt_0.05"].iloc[0]) if len(at_k) else float("nan"),
+                         "pearson_mean_vs_LOO": _corr(d, "pearson", lab, "LOO"),
+                         "spearman_mean_vs_LOO": _corr(d, "spearman", lab, "LOO")})
+    return pd.DataFrame(rows, columns=EXTERNAL_COLUMNS)
+
+
+def external_section(ext: pd.DataFrame) -> str:
+    """The report's list of methods computed elsewhere ("" when there is none)."""
+    if ext.empty:
+        return ""
+    t = ext.set_index("experiment")[["method", "scores", "n_seeds", "K", "z_mean_p", "t_frac_bh_lt_0.05",
+                                     "pearson_mean_vs_LOO", "spearman_mean_vs_LOO"]]
+    return ("\n## Methods computed elsewhere\n\nScores brought in with `run_pvalues.py --scores` and tested like ours; "
+            "their correlation with LOO's mu is that of `run_correlations.py --scores` (nan where not run, or where "
+            "the experiment has no LOO) (`external_methods.csv`).\n\n" + markdown_table(t))
+
+
 def summary_report(sig: pd.DataFrame, matrix: pd.DataFrame, experiments: list[str]) -> str:
     """report.md of the summary: the mean p-value matrix, the significant fractions, the figures."""
     ns = sorted(set(int(n) for n in sig["n_seeds"]))
@@ -140,7 +187,9 @@ def write_summary(experiments: list[str] | None = None, root: Path | None = None
                        "first, or name them with --experiments")
     tables = load_tables(experiments, root)
     out = Outputs(Path(out_dir) if out_dir is not None else root / "results" / "summary", SUMMARY_MANIFEST, overwrite)
-    fp = {e: [provenance.file_digest(results_dir(root, e) / n) for n in TABLES] for e in experiments}
+    fp = {e: [provenance.file_digest(p) for n in (*TABLES, ".pvalues_manifest.json", "correlation_pearson_mean.csv",
+                                                  "correlation_spearman_mean.csv")
+              if (p := results_dir(root, e) / n).exists()] for e in experiments}
     if out.all_finished({n: fp for n in FILES}):
         log(f"summary of {len(experiments)} experiments in {out.dir}/ is up to date (--overwrite to redo)")
         return out.dir / "report.md"
@@ -152,6 +201,8 @@ def write_summary(experiments: list[str] | None = None, root: Path | None = None
     out.write("mean_p_vs_k.csv", frame.to_csv(index=False, float_format="%.6g"), fp)
     write_figure(out, "mean_p_vs_k", mean_p_figure(frame), fp)
     write_figure(out, "significance", significance_figure(sig), fp)
-    out.write("report.md", summary_report(sig, matrix, experiments), fp)
+    ext = external_methods(experiments, root, sig)
+    out.write("external_methods.csv", ext.to_csv(index=False, float_format="%.6g"), fp)
+    out.write("report.md", summary_report(sig, matrix, experiments) + external_section(ext), fp)
     log(f"wrote {len(out.written)} files to {out.dir}/ ({len(out.kept)} unchanged)")
     return out.dir / "report.md"
