@@ -2,6 +2,7 @@
 
     python bench/bench_scaling.py                 # N in {30, 60, 150} x M in {90, 300, 900}, fmnist3 (about 10 min)
     python bench/bench_scaling.py --ns 30 60 --ms 90 300 --methods if gd_gc   # a part of the grid
+    python bench/bench_scaling.py --quick         # N in {15, 30} x M in {30, 90}: the script works (about 1 min)
 
 For every N one seed (446) of the paper's CNN is trained on N images of Fashion-MNIST's classes 0-2 (the
 fmnist3 task's protocol: 15 epochs, batch 32; sklearn's digits where Fashion-MNIST is not installed), and
@@ -154,8 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ns", type=int, nargs="+", default=[30, 60, 150], help="training set sizes (multiples of 3)")
     p.add_argument("--ms", type=int, nargs="+", default=[90, 300, 900], help="test set sizes")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--out", default=str(REPO / "bench" / "scaling"), help="stem of the CSV and the figure")
+    p.add_argument("--out", default=None, help="stem of the CSV and the figure (default: bench/scaling; with "
+                   "--quick: bench/scaling_quick)")
+    p.add_argument("--quick", action="store_true", help="N in {15, 30} x M in {30, 90} instead: a check that it runs")
     args = p.parse_args(argv)
+    if args.quick:
+        args.ns, args.ms = [15, 30], [30, 90]
+    args.out = args.out or str(REPO / "bench" / ("scaling_quick" if args.quick else "scaling"))
     tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     try:
         df = run_grid(args.ns, args.ms, args.methods, tmp)
