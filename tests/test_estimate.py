@@ -138,3 +138,38 @@ def test_the_shell_entry_prints_the_estimate(tmp_path):
     assert r.returncode == 0, r.stderr
     assert TOTAL.match(r.stdout.strip().splitlines()[-1]) and "calibrating on the CPU" in r.stdout
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_the_slurm_suggestions_are_the_launchers_own_options(root, monkeypatch, capsys):
+    """Per Slurm task: one seed's time with the margin, in minutes (at least 5), and its memory; the printed options,
+    given back to the Slurm launcher, land in the sbatch command of their step."""
+    from tda.launch.__main__ import main as slurm
+    _stub(monkeypatch, step=1e-2)
+    assert slurm(["cnn_digits3_10pc", "--estimate", "--methods", "loo"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    seed_s = 5 * 30 * 15 * 30 * 1e-2  # 5 checkpoints x N members x E epochs x N samples
+    minutes = math.ceil(seed_s * estimate.MARGIN / 60)
+    times = next(ln for ln in out if ln.startswith("--time ")).split()
+    mems = next(ln for ln in out if ln.startswith("--mem ")).split()
+    assert f"loo={minutes // 60}:{minutes % 60:02d}:00" in times and minutes > 5
+    assert all(t == "--time" for t in times[::2]) and all(m == "--mem" for m in mems[::2])
+    loo_mem = next(m for m in mems[1::2] if m.startswith("loo="))
+    assert int(loo_mem.split("=")[1].rstrip("G")) >= 1
+    assert slurm(["cnn_digits3_10pc", "--methods", "loo", "--dry-run", *times, *mems]) == 0
+    loo = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("loo_cnn_digits3_10pc="))
+    assert f"--time={minutes // 60}:{minutes % 60:02d}:00 " in loo and f"--mem={loo_mem.split('=')[1]} " in loo
+
+
+def test_on_cuda_it_says_it_calibrated_on_the_gpu(root, monkeypatch, capsys):
+    calls = []
+
+    def fake(cfg, n, m, vectors, device, log=print):
+        calls.append(device.type)
+        return dataclasses.replace(ZERO, device="cuda", device_name="Test GPU", step=1e-5), False
+
+    monkeypatch.setattr(estimate, "calibrated", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from tda.engine import memory
+    monkeypatch.setattr(memory, "budget_bytes", lambda device, *a, **k: 40 * 2 ** 30)  # no GPU to ask here
+    lines, _ = _run(["cnn_digits3_10pc", "--estimate", "--methods", "loo"], capsys)
+    assert calls == ["cuda"] and any("calibrated on the GPU (Test GPU)" in ln for ln in lines)
