@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import digits, flop_counts, gemm_gflops, timed  # noqa: E402,F401 - digits: bench_before_after
 from bench.loops import loop_ats, loop_gd_gc, loop_lissa, loop_loo  # noqa: E402
 from tda.backends import get_backend  # noqa: E402
-from tda.config import get_task, parse_experiment  # noqa: E402
-from tda.data import transform  # noqa: E402
+from tda.config import parse_experiment  # noqa: E402
 from tda.methods.ats import ats_scores  # noqa: E402
 from tda.dispatch import member_losses, train_ensemble  # noqa: E402
 from tda.engine.ensemble import removal_weights, stack  # noqa: E402
 from tda.engine.functional import split_params  # noqa: E402
 from tda.kernels import native  # noqa: E402
-from tda.kernels.layout import spec_for  # noqa: E402
 from tda.methods.grad_sim import grad_dot_and_cos  # noqa: E402
 from tda.methods.influence import lissa_scores  # noqa: E402
 from tda.methods.loo import loo_continue  # noqa: E402
@@ -49,53 +46,17 @@ from tda.training import train_member  # noqa: E402
 
 CFG = parse_experiment("cnn_digits3_10pc")
 SEED = 446
-
-
-def digits(n_test: int):
-    """30 training images (0-2, 10 each) and n_test test images (all digits) from sklearn's digits, disjoint."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    images = transform(get_task("digits3"), torch.from_numpy(d.images.astype(np.float32)))
-    labels = torch.from_numpy(d.target).long()
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(labels), generator=g)
-    train = torch.cat([perm[labels[perm] == c][:10] for c in range(3)])
-    rest = perm[~torch.isin(perm, train)][:n_test]
-    return images[train], labels[train], images[rest], labels[rest]
-
-
-def timed(fn):
-    """(result, wall seconds, CPU seconds of this process)."""
-    t, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - t, time.process_time() - c
-
-
-def gemm_gflops(n: int = 1024, reps: int = 8) -> float:
-    """GFLOP/s of a float32 n x n matrix product on the current threads (per CPU second, best of `reps`)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(timed(lambda: a @ b)[2] for _ in range(reps))
-    return 2 * n ** 3 / max(best, 1e-9) / 1e9
-
-
-def flop_counts(model, n: int, m: int, batches) -> dict[str, float]:
-    """FLOPs of each method at one checkpoint, from the layer shapes."""
-    params, frozen = split_params(model)
-    spec = spec_for(model, params, frozen, torch.zeros(1, 1, 28, 28))
-    f, fb = spec.flops_per_sample(False), spec.flops_per_sample(True)
-    n_params = sum(t.numel() for t in params.values())
-    steps = sum(len(i) for e in batches for i in e)  # sample-passes per member
-    t = math.ceil(n / CFG.lissa_batch_size)
-    return {"loo": n * steps * fb + (n + 1) * m * f, "loo_step": n * steps * fb, "ats": n * fb + (n + 1) * m * f,
-            "ats_fwd": n * m * f, "gd_gc": (n + m) * fb + 2 * n * m * n_params,
-            "if": (n + m) * fb + n * t * CFG.lissa_batch_size * 2 * fb + 2 * n * m * n_params}
+METHODS = ("gd_gc", "ats", "if", "loo")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="30 x 90, 2 checkpoints, shorter loops; ends with a JSON line")
-    p.add_argument("--test_sizes", type=int, nargs="+", default=None, help="default: 90 300 (quick: 90)")
+    p.add_argument("--test_sizes", type=int, nargs="+", default=None, help="default: 90 300 (quick: 90), N = 30")
+    p.add_argument("--sizes", nargs="+", default=None, metavar="NxM",
+                   help="training x test sizes instead, e.g. 30x90 150x900 (N a multiple of 3)")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                   help="the methods timed (default: all)")
     p.add_argument("--ckpts", type=int, default=None, help="checkpoints timed (default: all 5; quick: 2)")
     p.add_argument("--loo_loop_members", type=int, default=3, help="LOO loop timed on this many members, scaled to 30")
     p.add_argument("--if_loop_tests", type=int, default=None, help="IF loop timed on this many test samples, scaled")
@@ -105,7 +66,9 @@ def main(argv=None):
                    help="the CNN kernels' GELU + pool blocks through torch's ops, not the C kernels (TDA_C_KERNELS=0)")
     args = p.parse_args(argv)
     quick = args.quick
-    sizes = args.test_sizes or ([90] if quick else [90, 300])
+    sizes = ([tuple(map(int, s.lower().split("x"))) for s in args.sizes] if args.sizes else
+             [(30, m) for m in (args.test_sizes or ([90] if quick else [90, 300]))])
+    methods = set(args.methods or METHODS)
     n_ckpts = args.ckpts or (2 if quick else 5)
     if_tests = args.if_loop_tests or (10 if quick else 30)
     gd_tests = args.gd_loop_tests or (10 if quick else 30)
@@ -119,8 +82,8 @@ def main(argv=None):
     backend = get_backend(CFG)
     peak = [gemm_gflops()]
     rows, summary = [], {}
-    for m_test in sizes:
-        x, y, xt, yt = digits(m_test)
+    for n_train, m_test in sizes:
+        x, y, xt, yt = digits(m_test, n_train)
         ckpts = train_member(backend, SEED, x, y, xt, yt, progress=False)[-n_ckpts:]
         batches = backend.continuation_batches(SEED, len(y))  # the reference LOO's batch order
         models = [copy.deepcopy(backend.load(ck)) for ck in ckpts]
@@ -142,33 +105,41 @@ def main(argv=None):
             peak.append(gemm_gflops())
             gf = flops[key] * len(on) / cf / 1e9
             rows.append((name, tag, tf, tl, cf, cl, err, gf, note))
-            summary.setdefault(m_test, {})[key] = {"ratio_vs_loop": round(cl / cf, 3) if loop else None,
+            summary.setdefault((n_train, m_test), {})[key] = {"ratio_vs_loop": round(cl / cf, 3) if loop else None,
                                                    "gflops": round(gf, 2)}
             ratio = f"x{cl / cf:5.2f}" if loop else "     -"
             print(f"{name:19s} {tag:9s} cpu: fast {cf:7.2f} s loop {cl:8.2f} s {ratio} | wall: fast {tf:7.2f} s "
                   f"loop {tl:8.2f} s | {gf:5.1f} GFLOP/s | max rel diff {err:.1e} {note}", flush=True)
 
         k = min(gd_tests, m_test)
-        run("GD+GC", "gd_gc", lambda mdl, p, f: torch.cat(grad_dot_and_cos(mdl, p, f, x, y, xt, yt)),
-            lambda mdl: torch.cat(loop_gd_gc(mdl, x, y, xt[:k], yt[:k])), m_test / k,
-            "(per-pair loop as the reference's" + ("" if k == m_test else f", on {k} test samples, x{m_test / k:g}")
-            + ")")
-        run("ATS", "ats", lambda mdl, p, f: ats_scores(mdl, p, f, x, y, xt, yt, CFG.lr, CFG.weight_decay),
-            lambda mdl: loop_ats(mdl, x, y, xt, yt, CFG.lr, CFG.weight_decay))
-        run("ATS fwd", "ats_fwd", lambda mdl, p, f: member_losses(mdl, stack(p, n), f, xt, yt), None,
-            note="(the N x M forwards alone: N stacked models on every test sample)")
+        if "gd_gc" in methods:
+            run("GD+GC", "gd_gc", lambda mdl, p, f: torch.cat(grad_dot_and_cos(mdl, p, f, x, y, xt, yt)),
+                lambda mdl: torch.cat(loop_gd_gc(mdl, x, y, xt[:k], yt[:k])), m_test / k,
+                "(per-pair loop as the reference's" + ("" if k == m_test else f", on {k} test samples, x{m_test / k:g}")
+                + ")")
+        if "ats" in methods:
+            run("ATS", "ats", lambda mdl, p, f: ats_scores(mdl, p, f, x, y, xt, yt, CFG.lr, CFG.weight_decay),
+                lambda mdl: loop_ats(mdl, x, y, xt, yt, CFG.lr, CFG.weight_decay))
+            run("ATS fwd", "ats_fwd", lambda mdl, p, f: member_losses(mdl, stack(p, n), f, xt, yt), None,
+                note="(the N x M forwards alone: N stacked models on every test sample)")
         k = min(if_tests, m_test)
-        run("IF", "if", lambda mdl, p, f: lissa_scores(mdl, p, f, x, y, xt, yt, CFG.lissa_damp, CFG.lissa_scale)[0],
-            lambda mdl: loop_lissa(mdl, x, y, xt[:k], yt[:k], CFG), m_test / k,
-            "(LiSSA" + ("" if k == m_test else f"; loop on {k} test samples, x{m_test / k:g}") + ")")
+
+        def lissa(mdl, p, f):
+            return lissa_scores(mdl, p, f, x, y, xt, yt, CFG.lissa_damp, CFG.lissa_scale)[0]
+
+        if "if" in methods:
+            run("IF", "if", lissa, lambda mdl: loop_lissa(mdl, x, y, xt[:k], yt[:k], CFG), m_test / k,
+                "(LiSSA" + ("" if k == m_test else f"; loop on {k} test samples, x{m_test / k:g}") + ")")
         r = args.loo_loop_members
-        run("LOO", "loo", lambda mdl, p, f: loo_continue(mdl, p, f, x, y, xt, yt, batches, CFG.lr, CFG.weight_decay),
-            lambda mdl: loop_loo(mdl, x, y, xt, yt, batches, range(r), CFG.lr, CFG.weight_decay), n / r,
-            f"(paper protocol; loop on {r} members, x{n / r:g})")
         w = removal_weights(n, False)
-        run("LOO step", "loo_step", lambda mdl, p, f: train_ensemble(mdl, p, f, x, y, batches, w, CFG.lr,
-                                                                      CFG.weight_decay)[0]["fc2.bias"], None,
-            note="(the ensemble's training steps alone, no evaluation)")
+        if "loo" in methods:
+            run("LOO", "loo", lambda mdl, p, f: loo_continue(mdl, p, f, x, y, xt, yt, batches, CFG.lr,
+                                                             CFG.weight_decay),
+                lambda mdl: loop_loo(mdl, x, y, xt, yt, batches, range(r), CFG.lr, CFG.weight_decay), n / r,
+                f"(paper protocol; loop on {r} members, x{n / r:g})")
+            run("LOO step", "loo_step", lambda mdl, p, f: train_ensemble(mdl, p, f, x, y, batches, w, CFG.lr,
+                                                                          CFG.weight_decay)[0]["fc2.bias"], None,
+                note="(the ensemble's training steps alone, no evaluation)")
         if not quick and not args.torch_ops and native.library() is not None:  # the same without the C kernels
             def torch_ops(fn):
                 def run_without(*a):
@@ -178,12 +149,18 @@ def main(argv=None):
                     finally:
                         os.environ.pop("TDA_C_KERNELS")
                 return run_without
-            run("ATS fwd, torch ops", "ats_fwd", torch_ops(lambda mdl, p, f: member_losses(mdl, stack(p, n), f, xt, yt)),
-                None, note="(as ATS fwd, the GELU + pool blocks through torch's ops instead of the C kernels)")
-            run("LOO step, torch ops", "loo_step", torch_ops(lambda mdl, p, f: train_ensemble(
-                mdl, p, f, x, y, batches, w, CFG.lr, CFG.weight_decay)[0]["fc2.bias"]), None,
-                note="(as LOO step, the GELU + pool blocks through torch's ops)")
-        if m_test == sizes[0] and not quick:  # members vmapped, as on CUDA
+            if "ats" in methods:
+                run("ATS fwd, torch ops", "ats_fwd", torch_ops(lambda mdl, p, f: member_losses(mdl, stack(p, n), f, xt,
+                                                                                              yt)),
+                    None, note="(as ATS fwd, the GELU + pool blocks through torch's ops instead of the C kernels)")
+            if "if" in methods:
+                run("IF, torch ops", "if", torch_ops(lissa), None,
+                    note="(as IF, the blocks and the Hessian-vector products' tangents through torch's ops)")
+            if "loo" in methods:
+                run("LOO step, torch ops", "loo_step", torch_ops(lambda mdl, p, f: train_ensemble(
+                    mdl, p, f, x, y, batches, w, CFG.lr, CFG.weight_decay)[0]["fc2.bias"]), None,
+                    note="(as LOO step, the GELU + pool blocks through torch's ops)")
+        if (n_train, m_test) == sizes[0] and not quick and "loo" in methods:  # members vmapped, as on CUDA
             run("LOO vmap", "loo", lambda mdl, p, f: loo_continue(mdl, p, f, x, y, xt, yt, batches, CFG.lr,
                                                                   CFG.weight_decay, vectorize=True),
                 lambda mdl: loop_loo(mdl, x, y, xt, yt, batches, range(r), CFG.lr, CFG.weight_decay), n / r,

@@ -10,6 +10,7 @@ default, tested on the CPU). The two paths differ only in the order of floating-
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -24,9 +25,10 @@ from .engine.hvp import HESSIANS, batched_gnvp, batched_hvp
 from .engine.memory import default_chunk, parameter_chunk
 from .kernels import ensemble as KE
 from .kernels import native
+from .kernels.ensemble import sample_grads as kernel_sample_grads
 from .kernels.grads import factored_grads
-from .kernels.hvp import model_hvp
-from .kernels.layout import KERNEL_MODELS, CNNSpec, spec_for
+from .kernels.hvp import kernel_hvp, model_hvp
+from .kernels.layout import KERNEL_MODELS, CNNSpec, spec_for, to_kernel
 
 
 def kernel_spec(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor,
@@ -82,6 +84,57 @@ def curvature_product(model: nn.Module, params: Params, frozen: Params, x: torch
     if hessian == "gauss-newton":
         return batched_gnvp(model, params, frozen, x, vectors, data_chunk, vec_chunk, y, loss)
     raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+
+
+@dataclass
+class Coordinates:
+    """Where a method's vectors over the attributed parameters live for one model: the `functional.flatten` order
+    (the generic engine) or the CNN kernels' layout (a permutation of it, so dot products and norms are the same in
+    either). Gradients, curvature products and dot products with gradient sets all in one of them, so that an
+    iterative solver (LiSSA, CG) never converts its vectors between the two."""
+
+    model: nn.Module
+    params: Params
+    frozen: Params
+    spec: CNNSpec | None  # None: the flatten order, the engine computes
+    hessian: str = "exact"
+    vectorize: bool | None = None
+    loss: Loss = cross_entropy
+
+    def grads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """Every sample's loss gradient, materialised in these coordinates, [B, P]."""
+        if self.spec is None:
+            return per_sample_grads(self.model, self.params, self.frozen, x, y, chunk, self.loss)
+        flat = to_kernel(self.spec, self.params)
+        out = x.new_empty(len(y), self.spec.numel)
+        for i in range(0, len(y), chunk):
+            out[i:i + chunk] = kernel_sample_grads(self.spec, flat, x[i:i + chunk], y[i:i + chunk])
+        return out
+
+    def dot_grads(self, vectors: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """v_r . g_b for vectors [R, P] in these coordinates and the loss gradients of the samples (x, y), [R, B]."""
+        if self.spec is None:
+            return sample_grads(self.model, self.params, self.frozen, x, y, chunk, self.vectorize,
+                                self.loss).dot_vectors(vectors)
+        return factored_grads(self.spec, self.params, x, y, chunk).dot_kernel_vectors(vectors)
+
+    def curvature(self, x: torch.Tensor, y: torch.Tensor, vectors: torch.Tensor, data_chunk: int | None = None,
+                  vec_chunk: int = 64, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`curvature_product` (H v or G v) for vectors [R, P] in these coordinates; the kernels write it into `out`
+        when given (a buffer the caller reuses; not the vectors' memory)."""
+        if self.spec is None:
+            return curvature_product(self.model, self.params, self.frozen, x, y, vectors, self.hessian, data_chunk,
+                                     vec_chunk, self.vectorize, self.loss)
+        return kernel_hvp(self.spec, to_kernel(self.spec, self.params), x, y, vectors, data_chunk, vec_chunk,
+                          out=out)
+
+
+def coordinates(model: nn.Module, params: Params, frozen: Params, x: torch.Tensor, hessian: str = "exact",
+                vectorize: bool | None = None, loss: Loss = cross_entropy) -> Coordinates:
+    """The coordinates an iterative solver works in: the kernels' layout where they compute the gradients and the
+    exact Hessian's products (the paper's CNNs on the CPU), else the flatten order."""
+    spec = kernel_spec(model, params, frozen, x, vectorize, loss) if hessian == "exact" else None
+    return Coordinates(model, params, frozen, spec, hessian, vectorize, loss)
 
 
 def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
@@ -141,5 +194,5 @@ def one_step_losses(model: nn.Module, params: Params, frozen: Params, x_train: t
                              member_chunk, grad_chunk, eval_chunk, use_vmap(x_train.device, vectorize), loss)
 
 
-__all__ = ["HESSIANS", "curvature_product", "ensemble_losses", "kernel_spec", "member_losses", "one_step_losses",
+__all__ = ["HESSIANS", "Coordinates", "coordinates", "curvature_product", "ensemble_losses", "kernel_spec", "member_losses", "one_step_losses",
            "path", "planned_path", "sample_grads", "stack", "train_ensemble"]

@@ -106,16 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> tuple[list[str], grid.MethodChoice, list[str]]:
     """(experiments, the checked method choice, training arguments); every check runs here, before any step."""
+    return _parse(argv)[:3]
+
+
+def _parse(argv: list[str]) -> tuple[list[str], grid.MethodChoice, list[str], bool]:
+    """`parse_args`, and whether --estimate was given."""
     argv, training = grid.split_training(argv)
     argv, dotted = grid.take_method_options(argv)
     args, passed_on = build_parser().parse_known_intermixed_args(argv)
-    return args.experiments, grid.choice_from(args, dotted), [*passed_on, *training]
+    return args.experiments, grid.choice_from(args, dotted), [*passed_on, *training], args.estimate
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every step of the experiments (training arguments go to the training script), then the summary."""
-    experiments, choice, training_args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    """Run every step of the experiments (training arguments go to the training script), then the summary; with
+    --estimate only print what each step will take."""
+    experiments, choice, training_args, estimate = _parse(sys.argv[1:] if argv is None else list(argv))
     root, t_start = repo_root(), time.perf_counter()
+    if estimate:  # no step runs: the calibration only
+        from .estimate import report
+        report(experiments, choice, root, tuple(training_args))
+        return
     cfgs = [parse_experiment(e) for e in dict.fromkeys(experiments)]
     for script in dict.fromkeys(c.train_script for c in cfgs):
         entry_script(script)  # a training script of your own: found and callable before anything runs

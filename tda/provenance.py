@@ -79,7 +79,7 @@ def code_facts(modules: list[str], path: str) -> dict:
     version, the path that computes (e.g. 'C kernels', 'torch.func on cuda') and, where the C kernels run, their source."""
     facts = {"modules": codehash.code_digests(modules), "torch": str(torch.__version__), "path": path}
     if path.startswith("C kernels"):
-        facts["C source"] = codehash.c_digest(native.SOURCE.read_text())
+        facts["C source"] = {str(f.relative_to(codehash.REPO)): codehash.c_digest(f.read_text()) for f in native.SOURCES}
     return facts
 
 
@@ -107,7 +107,10 @@ def _code_change(recorded: Any, current: dict) -> str:
     for key in ("torch", "path"):
         if recorded.get(key) != current.get(key):
             return f"code changed ({key} {recorded.get(key)} -> {current.get(key)})"
-    return f"code changed ({native.SOURCE.relative_to(codehash.REPO)})"
+    rec, cur = recorded.get("C source"), current.get("C source")
+    if isinstance(rec, dict) and isinstance(cur, dict):
+        return f"code changed ({codehash.first_difference(rec, cur)})"
+    return f"code changed ({native.SOURCE.parent.relative_to(codehash.REPO)})"
 
 
 def changed(recorded: dict | None, current: dict) -> str | None:

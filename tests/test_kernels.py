@@ -22,7 +22,7 @@ from tda.engine.memory import activation_bytes, chunk_size, default_chunk, membe
 from tda.kernels import ensemble as cnn_ensemble
 from tda.kernels import forward as K
 from tda.kernels import hvp as cnn_hvp
-from tda.kernels import native
+from tda.kernels import native, tangent
 from tda.kernels.blocks import Workspace
 from tda.kernels.grads import FactoredGrads
 from tda.kernels.layout import from_kernel, spec_for, to_kernel, views
@@ -205,18 +205,21 @@ def test_factored_grads_equal_materialised_autograd_grads(arch, channels, size):
 
 
 @pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
-def test_hvp_equals_double_backward(arch, channels, size, monkeypatch):
+def test_hvp_equals_double_backward(arch, channels, size, monkeypatch, block_ops):
     model = _model(arch, channels, seed=3)
     g = torch.Generator().manual_seed(4)
     x, y = _images(6, channels, size, seed=4), torch.randint(0, 10, (6,), generator=g)
     params, frozen = split_params(model)
     v = torch.randn(3, sum(p.numel() for p in params.values()), generator=g, dtype=DT)
     ref = reference(("hvp", arch, channels), lambda: torch.stack([autograd_hvp(model, x, y, vi) for vi in v]))
-    calls = []
-    kernel = cnn_hvp.hvp
+    calls, tangents = [], []
+    kernel, c_tangent = cnn_hvp.hvp, tangent.hvp
     monkeypatch.setattr(cnn_hvp, "hvp", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(tangent, "hvp", lambda *a: tangents.append(1) or c_tangent(*a))
     close(curvature_product(model, params, frozen, x, y, v, data_chunk=4, vec_chunk=2), ref, 1e-12)
     assert len(calls) == 4  # 2 vector chunks x 2 data chunks, through the kernel
+    # the conv blocks' tangents in C (csrc/hvp.c, its float64 loops) where the library is built, else torch's ops
+    assert len(tangents) == (4 if block_ops == "c_kernels" else 0)
     wrapped = Wrapped(model)
     close(curvature_product(wrapped, *split_params(wrapped), x, y, v), ref, 1e-12)
     assert len(calls) == 4

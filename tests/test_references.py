@@ -5,6 +5,8 @@
 - the ViT-LoRA's vectorised LOO with LoRA dropout on against plain fine-tuning that draws the same masks;
 - LiSSA end to end on a real CNN through the CPU kernels (both orders) against the per-test-sample
   recursion with autograd Hessian-vector products;
+- CG on a real CNN through the CPU kernels (solved for either side) against textbook conjugate gradient, one
+  right-hand side at a time, with autograd Hessian-vector products;
 - LiSSA in transposed order with the Gauss-Newton matrix against the direct recursion with a dense J^T H J.
 
 float64 throughout, so differences measure the algorithms (summation order only): 1e-7 relative to the
@@ -24,7 +26,8 @@ from torch import nn
 from helpers import autograd_grads, autograd_hvp, close
 from tda.engine.functional import flatten, split_params, unflatten
 from tda.kernels import hvp as kernel_hvp
-from tda.methods.influence import lissa_scores
+from tda.kernels import native, tangent
+from tda.methods.influence import cg_scores, lissa_scores
 from tda.methods.loo import loo_scratch
 from tda.models import CNN
 
@@ -170,16 +173,62 @@ def test_lissa_on_the_cnn_through_the_kernels_equals_the_plain_recursion(monkeyp
     monkeypatch.setattr(kernel_hvp, "hvp", lambda *a: calls.append(1) or kernel(*a))
     ref = _plain_lissa(model, x, y, xt, yt, damp, scale, 3,
                        lambda t, h: autograd_hvp(model, x[8 * t:8 * t + 8], y[8 * t:8 * t + 8], h))
+    tangents = []
+    c_tangent = tangent.hvp
+    monkeypatch.setattr(tangent, "hvp", lambda *a: tangents.append(1) or c_tangent(*a))
     for order in ("direct", "transposed"):
         n_calls = len(calls)
         tau, used = lissa_scores(model, params, frozen, x, y, xt, yt, damp, scale, 8, order, vec_chunk=2,
                                  test_chunk=2)
         assert used == order and len(calls) > n_calls  # the Hessian-vector products ran through the kernels
         close(tau, ref)
+    assert len(tangents) == len(calls) or native.library() is None  # their conv tangents in C where built
     no_hessian = sum((1 - damp) ** k for k in range(4)) / scale  # h_T without the H_t terms: a multiple of v
     grad_dot = -autograd_grads(model, x, y) @ autograd_grads(model, xt, yt).T * no_hessian
     assert (ref - grad_dot).abs().max() > 0.05 * ref.abs().max()  # the Hessian terms matter at this scale
     assert ref[0, 0] < 0  # the duplicate helps: IF < 0
+
+
+def _plain_cg(matvec, b: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+    """Textbook conjugate gradient for A x = b, one right-hand side b [P], from x = 0 until |r| <= tol |b|."""
+    x, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), r @ r
+    for _ in range(max_iter):
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x, r = x + alpha * p, r - alpha * ap
+        if r.norm() <= tol * b.norm():
+            return x
+        p, rr = r + (r @ r) / rr * p, r @ r
+    raise AssertionError("the plain CG did not converge")
+
+
+@pytest.mark.parametrize("n,m", [(7, 3), (3, 7)])
+def test_cg_on_the_cnn_through_the_kernels_equals_plain_conjugate_gradient(n, m, monkeypatch):
+    torch.manual_seed(3)
+    model = CNN().to(DT)
+    x, y, xt, yt = _data(n, m, (1, 28, 28), 10, seed=4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    params, frozen = split_params(model)
+    damping = 10.0  # the Hessian's eigenvalues reach about -5 here: H + 10 I is positive definite, CG converges
+    calls = []
+    c_tangent = tangent.hvp
+    monkeypatch.setattr(tangent, "hvp", lambda *a: calls.append(1) or c_tangent(*a))
+    tau, info = cg_scores(model, params, frozen, x, y, xt, yt, damping, tol=1e-11, max_iter=200, data_chunk=4,
+                          vec_chunk=2)
+    assert info["converged"] and info["solved_for"] == ("train" if n <= m else "test")
+    assert calls or native.library() is None  # the conv tangents in C where the library is built
+    g_tr, g_te = autograd_grads(model, x, y), autograd_grads(model, xt, yt)
+    a = lambda v: autograd_hvp(model, x, y, v) + damping * v  # noqa: E731
+    s_test = torch.stack([_plain_cg(a, g, 1e-12, 200) for g in g_te])
+    ref = -(g_tr @ s_test.T)
+    close(tau, ref)
+    assert (ref + g_tr @ g_te.T / damping).abs().max() > 0.05 * ref.abs().max()  # the Hessian terms matter
 
 
 # ---------------------------------------------------------------- LiSSA, Gauss-Newton, transposed order

@@ -25,11 +25,19 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "gelu_pool.c"
+#: every C file of the library: the blocks' kernels and the Hessian-vector products' tangent kernels
+SOURCES = (SOURCE, SOURCE.with_name("hvp.c"))
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11")
 #: a temporary file of a compile older than this is a leftover of a killed build
 STALE_TMP_S = 3600.0
 _SYMBOLS = ("gelu_pool", "gelu_pool_backward", "conv_gelu_pool", "conv_gelu_pool_backward", "conv_direct_gelu_pool",
-            "pool_conv_backward_weight", "pool_conv_backward_input")
+            "pool_conv_backward_weight", "pool_conv_backward_input", "hvp_conv_winners", "hvp_cols_winners",
+            "hvp_conv_backward_weight", "hvp_conv_backward_input", "hvp_cols_backward_weight")
+
+
+def source_text() -> str:
+    """The C source of the library: its files' texts, in compile order."""
+    return "\n".join(p.read_text() for p in SOURCES)
 
 
 def _cpu_tag() -> str:
@@ -135,7 +143,7 @@ def _compile(cc: list[str], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".gelu_pool-{os.getpid()}-", suffix=".tmp.so")
     os.close(fd)
     try:
-        subprocess.run([*cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, check=True)
+        subprocess.run([*cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True, check=True)
         os.chmod(tmp, 0o700)
         record = Path(f"{tmp}.sha256")
         record.write_text(_file_sha(Path(tmp)) + "\n")
@@ -153,13 +161,14 @@ def _open(path: Path) -> ctypes.CDLL:
     for name in _SYMBOLS:
         for sfx in ("f32", "f64"):
             getattr(lib, f"{name}_{sfx}")
+    lib.hvp_lanes  # noqa: B018 - present, or AttributeError
     return lib
 
 
 def _build(cc: list[str]) -> ctypes.CDLL:
     """The loaded library: the cached one where it is intact and ours, else compiled anew."""
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, *FLAGS, _cpu_tag()]).encode())
+    key = hashlib.sha256("\0".join([source_text(), *cc, version, *FLAGS, _cpu_tag()]).encode())
     root = _usable_dir()
     sweep(root)
     target = root / f"gelu_pool-{key.hexdigest()[:16]}.so"
@@ -191,4 +200,12 @@ def load() -> ctypes.CDLL | None:
         getattr(lib, f"conv_direct_gelu_pool_{sfx}").argtypes = [p, p, p, *[i64] * 8, p, p, p, p]
         getattr(lib, f"pool_conv_backward_weight_{sfx}").argtypes = [p, p, p, *[i64] * 8, p, i64]
         getattr(lib, f"pool_conv_backward_input_{sfx}").argtypes = [p, p, p, *[i64] * 8, p]
+        getattr(lib, f"hvp_conv_winners_{sfx}").argtypes = [p, i64, p, i64, p, i64, p, i64, p, i64, p, *[i64] * 9, p,
+                                                            p, p, i64]
+        getattr(lib, f"hvp_conv_backward_weight_{sfx}").argtypes = [p, i64, p, i64, p, i64, p, i64, p, *[i64] * 9, p]
+        bi = getattr(lib, f"hvp_conv_backward_input_{sfx}")
+        bi.argtypes, bi.restype = [p, i64, p, i64, p, i64, p, i64, p, *[i64] * 9, p, p, p, p, p, i64], ctypes.c_int
+        getattr(lib, f"hvp_cols_winners_{sfx}").argtypes = [p, p, i64, p, i64, p, *[i64] * 6, p, p, p, i64]
+        getattr(lib, f"hvp_cols_backward_weight_{sfx}").argtypes = [p, p, i64, p, *[i64] * 6, p, i64]
+    lib.hvp_lanes.restype, lib.hvp_lanes.argtypes = ctypes.c_int, []
     return lib

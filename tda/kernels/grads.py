@@ -45,7 +45,11 @@ class FactoredGrads:
 
     def dot_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """v_r . g_b for flattened vectors [R, P] (`functional.flatten` order), [R, B]."""
-        r, v = len(vectors), views(self.spec, to_kernel(self.spec, unflatten(vectors, self.like)))
+        return self.dot_kernel_vectors(to_kernel(self.spec, unflatten(vectors, self.like)))
+
+    def dot_kernel_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_r . g_b for kernel-layout vectors [R, P], [R, B]."""
+        r, v = len(vectors), views(self.spec, vectors)
         out = sum(v[n].reshape(r, -1) @ a.T for n, a in self.conv.items())
         for (name, n_in, n_out), (h, d) in zip(self.spec.fcs, self.fcs):
             hw = (h @ v[f"{name}.weight"].permute(1, 0, 2).reshape(n_in, r * n_out)).view(-1, r, n_out)

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from . import build
-from .build import SOURCE  # noqa: F401 - where the C source is
+from .build import SOURCE, SOURCES, source_text  # noqa: F401 - where the C source is
 
 #: channels are processed 8 float lanes at a time
 LANES = 8

@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # progress lines appear at once, also when redirected to a file
         sys.stdout.reconfigure(line_buffering=True)
     root = Path(os.environ.get("TDA_ROOT", ".")).resolve()
+    if args.estimate:  # nothing submitted: the time and memory to ask for
+        from ..estimate import report as estimate  # not `report`: that name is the failed tasks' report below
+        estimate(args.experiments, args.choice, root, train_args)
+        return 0
     jobs = plan(args.experiments, len(load_seeds(root)), root, train_args, args.data_root, args.choice)
     if not args.dry_run:
         require("sbatch", *(["squeue"] if args.wait else []))

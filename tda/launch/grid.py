@@ -151,6 +151,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lds", nargs="?", const=50, default=None, type=ranged(int, Range(ge=3)), metavar="SUBSETS",
                    help="also the LDS ground truth (run_lds.py, after the methods) on SUBSETS random half-size subsets "
                         "(default 50), and every method's LDS")
+    p.add_argument("--estimate", action="store_true",
+                   help="run no step: print each step's time and peak memory on this machine (per seed or Slurm task, "
+                        "and for the local pipeline) from a short calibration, cached; the last line is the total")
 
 
 def choice_from(args: argparse.Namespace, found: list[tuple[str, str, str]]) -> MethodChoice:

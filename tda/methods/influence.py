@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..config import TDAError
-from ..dispatch import curvature_product, sample_grads
-from ..engine.functional import Loss, Params, cross_entropy, per_sample_grads
+from ..dispatch import coordinates
+from ..engine.functional import Loss, Params, cross_entropy
 from ..engine.hvp import HESSIANS
 from ..ranges import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range
 from .base import Method, Scores, SeedData, option, register
@@ -50,34 +50,46 @@ def lissa_scores(model: nn.Module, params: Params, frozen: Params, x_train: torc
         raise ValueError(f"order must be 'auto', 'direct' or 'transposed', got {order!r}")
     batches = [(x_train[i:i + batch_size], y_train[i:i + batch_size]) for i in range(0, n, batch_size)]
     steps = depth or len(batches)
+    # the solver's vectors stay in one set of coordinates (the CNN kernels' own layout where they compute)
+    coords = coordinates(model, params, frozen, x_train, hessian, loss=loss)
 
-    def a_times(t: int, v: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    spare: list[torch.Tensor] = []  # a buffer the size of the iterate, reused: fresh ones cost page faults
+
+    def a_times(t: int, v: torch.Tensor, start_norm: float, plus: torch.Tensor | None = None,
+                into: torch.Tensor | None = None) -> torch.Tensor:
+        """A_t v (+ plus), and added into `into`; row by row, so that each row stays in cache for all its sums."""
         xb, yb = batches[t % len(batches)]
-        hv = curvature_product(model, params, frozen, xb, yb, v, hessian, vec_chunk=vec_chunk, loss=loss)
-        out = (1 - damp) * v - hv / scale
-        if not bool(torch.isfinite(out).all()) or float(out.norm()) > DIVERGED * float(start.norm()):
+        buf = spare.pop() if spare and spare[0].shape == v.shape else None
+        out, sq = coords.curvature(xb, yb, v, vec_chunk=vec_chunk, out=buf), 0.0
+        for i in range(len(out)):
+            row = out[i].mul_(-1 / scale).add_(v[i], alpha=1 - damp)
+            sq += float(torch.dot(row, row))
+            if plus is not None:
+                row.add_(plus[i])
+            if into is not None:
+                into[i].add_(row)
+        if not math.isfinite(sq) or math.sqrt(sq) > DIVERGED * start_norm:  # sq is not finite where any entry is not
             raise TDAError(f"LiSSA diverges at step {t + 1} of {steps}: the curvature is too large for scale {scale:g} "
                            f"and damping {damp:g}; raise --scale (or use --solver cg)")
         return out
 
-    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk, loss)
+    g_tr = coords.grads(x_train, y_train, grad_chunk)
     out = []
     if order == "transposed":
-        acc, w = g_tr.clone(), g_tr
+        acc, w, start = g_tr.clone(), g_tr, float(g_tr.norm())
         for t in reversed(range(steps)):
-            w = a_times(t, w, g_tr)
-            acc += w
+            w, last = a_times(t, w, start, into=acc), w
+            spare[:] = [last] if last is not g_tr else []  # the previous iterate's memory takes the next product
         for i in range(0, m, test_chunk):
-            g_te = sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk,
-                                loss=loss)
-            out.append(-g_te.dot_vectors(acc) / scale)
+            out.append(coords.dot_grads(acc, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
+                       .div_(-scale))
     else:
         for i in range(0, m, test_chunk):
-            v = per_sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
-                                 grad_chunk, loss)
-            h = v.clone()
+            v = coords.grads(x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
+            h, start = v.clone(), float(v.norm())
             for t in range(steps):
-                h = v + a_times(t, h, v)
+                h, last = a_times(t, h, start, plus=v), h
+                spare[:] = [last]
             out.append(-(g_tr @ (h / scale).T))
     return torch.cat(out, dim=1), order
 
@@ -143,20 +155,19 @@ def cg_scores(model: nn.Module, params: Params, frozen: Params, x_train: torch.T
     set (N train or M test) is smaller.
     """
     n, m = len(y_train), len(y_test)
+    coords = coordinates(model, params, frozen, x_train, hessian, loss=loss)
 
     def matvec(v):
-        hv = curvature_product(model, params, frozen, x_train, y_train, v, hessian, data_chunk, vec_chunk, loss=loss)
-        return hv + damping * v
+        return coords.curvature(x_train, y_train, v, data_chunk, vec_chunk).add_(v, alpha=damping)
 
-    g_tr = per_sample_grads(model, params, frozen, x_train, y_train, grad_chunk, loss)
+    g_tr = coords.grads(x_train, y_train, grad_chunk)
     if n <= m:
         x, info = conjugate_gradient(matvec, g_tr, tol, max_iter)
-        out = [-sample_grads(model, params, frozen, x_test[i:i + test_chunk], y_test[i:i + test_chunk],
-                             grad_chunk, loss=loss).dot_vectors(x) for i in range(0, m, test_chunk)]
-        tau = torch.cat(out, dim=1)
+        tau = torch.cat([-coords.dot_grads(x, x_test[i:i + test_chunk], y_test[i:i + test_chunk], grad_chunk)
+                         for i in range(0, m, test_chunk)], dim=1)
         info["solved_for"] = "train"
     else:
-        g_te = per_sample_grads(model, params, frozen, x_test, y_test, grad_chunk, loss)
+        g_te = coords.grads(x_test, y_test, grad_chunk)
         x, info = conjugate_gradient(matvec, g_te, tol, max_iter)
         tau = -(g_tr @ x.T)
         info["solved_for"] = "test"
