@@ -72,6 +72,19 @@ def autograd_hvp(model, x, y, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([h.flatten() for h in torch.autograd.grad(gv, ps)])
 
 
+def autograd_lissa(model, x, y, xt, yt, cfg) -> torch.Tensor:
+    """IF [N, M] by the FastIF recursion written out: per test sample, h <- v + (1 - damp) h - H_t h / scale over the
+    unshuffled training batches of cfg.lissa_batch_size (H_t by double backward), tau = -g_train . h / scale."""
+    g_tr, g_te = autograd_grads(model, x, y), autograd_grads(model, xt, yt)
+    bs, out = cfg.lissa_batch_size, []
+    for i in range(len(yt)):
+        h = g_te[i].clone()
+        for t in range(0, len(y), bs):
+            h = g_te[i] + (1 - cfg.lissa_damp) * h - autograd_hvp(model, x[t:t + bs], y[t:t + bs], h) / cfg.lissa_scale
+        out.append(-(g_tr @ (h / cfg.lissa_scale)))
+    return torch.stack(out, dim=1)
+
+
 def make_tiny_root(root: Path, seeds=(446, 724, 571), n_per_class: int = 2, test_stride: int = 15) -> Path:
     """A tiny digits3 experiment under `root`: `seeds` in its random_seeds.pt, n per class, every k-th test image."""
     from tda import io

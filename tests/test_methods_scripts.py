@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from helpers import autograd_grads, autograd_hvp, close, script
+from helpers import autograd_grads, autograd_hvp, autograd_lissa, close, script
 from tda import cli, io
 from tda.config import TDAError, get_task, parse_experiment
 from tda.data import generate_subsets
@@ -65,15 +65,7 @@ def plain_ats(cfg, seed, c, x, y, xt, yt) -> dict:
 
 def plain_lissa(cfg, seed, c, x, y, xt, yt) -> dict:
     """The FastIF recursion per test sample over the unshuffled training batches, H_t by double backward."""
-    model = checkpoint_model(cfg, seed, c)
-    g_tr, g_te = autograd_grads(model, x, y), autograd_grads(model, xt, yt)
-    bs, out = cfg.lissa_batch_size, []
-    for i in range(len(yt)):
-        h = g_te[i].clone()
-        for t in range(0, len(y), bs):
-            h = g_te[i] + (1 - cfg.lissa_damp) * h - autograd_hvp(model, x[t:t + bs], y[t:t + bs], h) / cfg.lissa_scale
-        out.append(-(g_tr @ (h / cfg.lissa_scale)))
-    return {"if": torch.stack(out, dim=1)}
+    return {"if": autograd_lissa(checkpoint_model(cfg, seed, c), x, y, xt, yt, cfg)}
 
 
 def plain_loo_paper(cfg, seed, c, x, y, xt, yt, js=range(6)) -> dict:

@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel  # noqa: E402
 
 import run_vit_finetuning  # noqa: E402
-from helpers import autograd_grads, autograd_hvp, close, script  # noqa: E402
+from helpers import autograd_grads, autograd_hvp, autograd_lissa, close, script  # noqa: E402
 from tda import cli, dispatch, io, vit  # noqa: E402
 from tda.backends import ViTBackend, epoch_batches, get_backend  # noqa: E402
 from tda.backends.vit import build_model, lora_target_modules, recorded_model_path  # noqa: E402
@@ -446,19 +446,6 @@ def test_loo_scratch_script_equals_plain_retraining(exp, tiny, finetuned, capsys
         close(tau[:, j], ref, 1e-5)  # bitwise equal on the CPU (member loop); vmapped on CUDA: rounding
 
 
-def _plain_lissa(model, x, y, xt, yt, cfg) -> torch.Tensor:
-    """IF by the FastIF recursion written out: per test sample, h <- v + (1 - damp) h - H_t h / scale over the
-    unshuffled training batches (H_t by double backward), tau = -g_train . h / scale."""
-    g_tr, g_te = autograd_grads(model, x, y), autograd_grads(model, xt, yt)
-    bs, out = cfg.lissa_batch_size, []
-    for i in range(len(yt)):
-        h = g_te[i].clone()
-        for t in range(0, len(y), bs):
-            h = g_te[i] + (1 - cfg.lissa_damp) * h - autograd_hvp(model, x[t:t + bs], y[t:t + bs], h) / cfg.lissa_scale
-        out.append(-(g_tr @ (h / cfg.lissa_scale)))
-    return torch.stack(out, dim=1)
-
-
 def _plain_ats(model, x, y, xt, yt, cfg, js) -> torch.Tensor:
     """ATS written out: per training sample j, one torch.optim.Adam step on z_j from a copy of the model."""
     import copy
@@ -501,7 +488,7 @@ def test_tda_scripts_take_vit_experiments(exp, finetuned, name, methods):
         close(scores["ats"][js], ref, 1e-3)  # float32: one Adam step, then 30 test losses
     if "if" in methods:
         cols = [0, 29]
-        ref = _plain_lissa(model, x, y, xt[cols], yt[cols], exp)
+        ref = autograd_lissa(model, x, y, xt[cols], yt[cols], exp)
         close(scores["if"][:, cols], ref, 1e-4)
 
 
