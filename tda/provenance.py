@@ -79,7 +79,7 @@ def code_facts(modules: list[str], path: str) -> dict:
     version, the path that computes (e.g. 'C kernels', 'torch.func on cuda') and, where the C kernels run, their source."""
     facts = {"modules": codehash.code_digests(modules), "torch": str(torch.__version__), "path": path}
     if path.startswith("C kernels"):
-        facts["C source"] = {str(f.relative_to(codehash.REPO)): codehash.c_digest(f.read_text()) for f in native.SOURCES}
+        facts["C source"] = {str(f.relative_to(codehash.REPO)): codehash.c_digest(f.read_text()) for f in (*native.HEADERS, *native.SOURCES)}
     return facts
 
 

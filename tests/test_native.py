@@ -1,16 +1,20 @@
 """The C kernels of the GELU + max-pool blocks (tda/kernels/native.py) in float32, against torch's own ops.
 
 float64 goes through the same kernels in test_kernels.py (there against autograd, to 1e-12); here the
-float32 code, which evaluates GELU 8 lanes at a time with its own erf and exp, is held to torch's float32
+float32 code, which evaluates GELU 8 (16 with AVX-512) lanes at a time with its own erf and exp, is held to torch's float32
 GELU and pooling, and the build's cache and fallback are checked.
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import close
+from helpers import REPO, close
 from tda.engine.functional import split_params
 from tda.kernels import forward as K
 from tda.kernels import native
@@ -43,20 +47,21 @@ def _torch_gelu_pool(z: torch.Tensor):
 
 
 def test_float32_gelu_and_its_derivative_match_float64_to_torch_accuracy():
-    v = torch.linspace(-10, 10, 8 * 4001, dtype=torch.float64)
-    z = v.float().view(-1, 1, 1, 8).expand(-1, 2, 2, 8).contiguous()  # every window holds one value 4 times
+    L = 16  # channels: a multiple of the vectors' lanes (8, or 16 with AVX-512)
+    v = torch.linspace(-10, 10, L * 2001, dtype=torch.float64)
+    z = v.float().view(-1, 1, 1, L).expand(-1, 2, 2, L).contiguous()  # every window holds one value 4 times
     n = z.shape[0]
-    pooled, idx = torch.empty(n, 1, 1, 8), torch.empty(n, 1, 1, 8, dtype=torch.int32)
-    z_sel, d_sel = torch.empty(n, 1, 8), torch.empty(n, 1, 8)
-    native.gelu_pool(z.view(-1, 8), n, 1, 1, pooled, idx, z_sel, d_sel)
+    pooled, idx = torch.empty(n, 1, 1, L), torch.empty(n, 1, 1, L, dtype=torch.int32)
+    z_sel, d_sel = torch.empty(n, 1, L), torch.empty(n, 1, L)
+    native.gelu_pool(z.view(-1, L), n, 1, 1, pooled, idx, z_sel, d_sel)
     exact = v.float().double()
-    ref = F.gelu(exact).view(n, 8)
-    dref = torch.ops.aten.gelu_backward(torch.ones_like(exact), exact).view(n, 8)
+    ref = F.gelu(exact).view(n, L)
+    dref = torch.ops.aten.gelu_backward(torch.ones_like(exact), exact).view(n, L)
     torch_err = (F.gelu(exact.float()).double() - F.gelu(exact)).abs().max()
-    assert (pooled.view(n, 8).double() - ref).abs().max() <= max(5e-7, 1.5 * torch_err)
-    assert (d_sel.view(n, 8).double() - dref).abs().max() <= 5e-7
+    assert (pooled.view(n, L).double() - ref).abs().max() <= max(5e-7, 1.5 * torch_err)
+    assert (d_sel.view(n, L).double() - dref).abs().max() <= 5e-7
     assert torch.equal(idx, torch.zeros_like(idx))  # all four tie: the first wins
-    assert torch.equal(z_sel.view(n, 8), z[:, 0, 0])
+    assert torch.equal(z_sel.view(n, L), z[:, 0, 0])
 
 
 def test_float32_gelu_pool_and_backward_match_torch():
@@ -80,7 +85,7 @@ def test_float32_gelu_pool_and_backward_match_torch():
 @pytest.mark.parametrize("k,cin,pad", [(3, 32, 0), (3, 64, 2), (5, 32, 0)])
 def test_float32_direct_conv_block_matches_im2col_gemm(k, cin, pad):
     g = torch.Generator().manual_seed(k + cin)
-    b, h, cout = 3, 13, 24
+    b, h, cout = 3, 13, 5 * native.lanes()  # five vectors of channels: a full block of accumulators and a tail
     x = torch.rand(b, h + 2 * pad, h + 2 * pad, cin, generator=g)
     if pad:
         x[:, :pad] = x[:, -pad:] = x[:, :, :pad] = x[:, :, -pad:] = 0
@@ -181,3 +186,44 @@ def test_the_library_is_cached_and_a_failed_build_falls_back(monkeypatch, tmp_pa
     monkeypatch.setattr(native, "_lib", False)
     monkeypatch.setenv("TDA_C_KERNELS", "0")
     assert native.library() is None and native._lib is False  # off: not even tried
+
+
+_WIDTH_SCRIPT = r"""
+import sys, torch
+torch.set_num_threads(1)
+from tda.backends import epoch_batches
+from tda.engine.functional import split_params
+from tda.kernels import native
+from tda.methods.influence import lissa_scores
+from tda.methods.loo import loo_continue
+from tda.models import CNN, CNN3L
+g = torch.Generator().manual_seed(0)
+out = {"lanes": native.lanes()}
+for name, model, shape in (("cnn", CNN(1), (1, 28, 28)), ("cnn3l_rgb", CNN3L(3), (3, 32, 32))):
+    torch.manual_seed(0)
+    model = type(model)(shape[0]).eval()
+    p, f = split_params(model)
+    x, xt = torch.randn(12, *shape, generator=g), torch.randn(6, *shape, generator=g)
+    y, yt = torch.randint(0, 10, (12,), generator=g), torch.randint(0, 10, (6,), generator=g)
+    torch.manual_seed(1)
+    out[name + " loo"] = loo_continue(model, p, f, x, y, xt, yt, epoch_batches(12, 4, 2), 1e-3, 5e-3)
+    out[name + " if"] = lissa_scores(model, p, f, x, y, xt, yt, 0.01, 10.0)[0]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_the_vector_width_changes_speed_not_results(tmp_path):
+    """Built for 8 lanes (no AVX-512) the kernels give LOO and IF bit for bit what the default build gives: each lane
+    sums its channel's taps in the same order. (On a CPU without AVX-512 both builds are 8 lanes wide.)"""
+    outs = {}
+    for label, cc in (("default", os.environ.get("CC", "gcc")), ("8 lanes", "gcc -mno-avx512f")):
+        env = {**os.environ, "CC": cc, "TDA_KERNEL_CACHE": str(tmp_path / label.replace(" ", "_")),
+               "PYTHONPATH": str(REPO), "TDA_C_KERNELS": "1"}
+        r = subprocess.run([sys.executable, "-c", _WIDTH_SCRIPT, str(tmp_path / f"{label}.pt")], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        outs[label] = torch.load(tmp_path / f"{label}.pt")
+    assert outs["8 lanes"]["lanes"] == 8 and outs["default"]["lanes"] in (8, 16)
+    for key in outs["default"]:
+        if key != "lanes":
+            assert torch.equal(outs["default"][key], outs["8 lanes"][key]), key

@@ -27,6 +27,8 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("csrc") / "gelu_pool.c"
 #: every C file of the library: the blocks' kernels and the Hessian-vector products' tangent kernels
 SOURCES = (SOURCE, SOURCE.with_name("hvp.c"))
+#: headers the sources include (hashed with them)
+HEADERS = (SOURCE.with_name("simd.h"),)
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11")
 #: a temporary file of a compile older than this is a leftover of a killed build
 STALE_TMP_S = 3600.0
@@ -37,7 +39,7 @@ _SYMBOLS = ("gelu_pool", "gelu_pool_backward", "conv_gelu_pool", "conv_gelu_pool
 
 def source_text() -> str:
     """The C source of the library: its files' texts, in compile order."""
-    return "\n".join(p.read_text() for p in SOURCES)
+    return "\n".join(p.read_text() for p in (*HEADERS, *SOURCES))
 
 
 def _cpu_tag() -> str:
@@ -161,7 +163,7 @@ def _open(path: Path) -> ctypes.CDLL:
     for name in _SYMBOLS:
         for sfx in ("f32", "f64"):
             getattr(lib, f"{name}_{sfx}")
-    lib.hvp_lanes  # noqa: B018 - present, or AttributeError
+    lib.kernel_lanes  # noqa: B018 - present, or AttributeError
     return lib
 
 
@@ -207,5 +209,5 @@ def load() -> ctypes.CDLL | None:
         bi.argtypes, bi.restype = [p, i64, p, i64, p, i64, p, i64, p, *[i64] * 9, p, p, p, p, p, i64], ctypes.c_int
         getattr(lib, f"hvp_cols_winners_{sfx}").argtypes = [p, p, i64, p, i64, p, *[i64] * 6, p, p, p, i64]
         getattr(lib, f"hvp_cols_backward_weight_{sfx}").argtypes = [p, p, i64, p, *[i64] * 6, p, i64]
-    lib.hvp_lanes.restype, lib.hvp_lanes.argtypes = ctypes.c_int, []
+    lib.kernel_lanes.restype, lib.kernel_lanes.argtypes = ctypes.c_int, []
     return lib

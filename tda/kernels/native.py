@@ -1,6 +1,6 @@
 """C kernels for the CNNs' GELU + max-pool blocks (`csrc/gelu_pool.c`): their Python face. Each call checks its
-arguments (dtypes, contiguity, channels a multiple of 8, index dtype, buffer sizes, window bounds) with a real
-error before the C code touches memory, then calls the compiled library (`build` compiles and loads it safely,
+arguments (dtypes, contiguity, channels a multiple of the vectors' lanes, index dtype, buffer sizes, window
+bounds) with a real error before the C code touches memory, then calls the compiled library (`build` compiles and loads it safely,
 on first use). Where there is no compiler the CNN kernels use torch's own ops instead.
 
 TDA_C_KERNELS=0 turns the C kernels off (torch's ops only); TDA_REQUIRE_C_KERNELS=1 makes a failed build an
@@ -15,10 +15,8 @@ import sys
 import torch
 
 from . import build
-from .build import SOURCE, SOURCES, source_text  # noqa: F401 - where the C source is
+from .build import HEADERS, SOURCE, SOURCES, source_text  # noqa: F401 - where the C source is
 
-#: channels are processed 8 float lanes at a time
-LANES = 8
 #: the first conv is fused with its GELU and pooling up to this many taps (k*k*C_in): grey inputs (9 taps),
 #: where its GEMM is too thin to pay for writing z; RGB's 75 taps run faster as torch's GEMM (measured)
 FUSED_TAPS = 27
@@ -41,9 +39,17 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
+def lanes() -> int:
+    """Float lanes of the library's vectors (16 with AVX-512, else 8): channels must be a multiple of this; 0 without
+    the library."""
+    lib = library()
+    return int(lib.kernel_lanes()) if lib is not None else 0
+
+
 def applies(dtype: torch.dtype, channels: int) -> bool:
     """Whether the C kernels serve a block of `channels` channels in `dtype` (and are available)."""
-    return dtype in (torch.float32, torch.float64) and channels % LANES == 0 and library() is not None
+    n = lanes()
+    return dtype in (torch.float32, torch.float64) and n > 0 and channels % n == 0
 
 
 class KernelArgumentError(ValueError):
@@ -82,7 +88,7 @@ def _index(idx: torch.Tensor | None, numel: int) -> None:
 
 
 def _lanes(c: int) -> None:
-    _check(c > 0 and c % LANES == 0, f"{c} channels: the kernels need a positive multiple of {LANES}")
+    _check(c > 0 and c % lanes() == 0, f"{c} channels: the kernels need a positive multiple of {lanes()}")
 
 
 def _window(h: int, w: int, k: int, hp: int, wp: int) -> None:

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .native import KernelArgumentError, _check, _index, _ptr, _sfx, _window, library  # noqa: F401
-
-
-def lanes() -> int:
-    """Float lanes of the library's vectors (16 with AVX-512, else 8): the channels must be a multiple of this."""
-    lib = library()
-    return int(lib.hvp_lanes()) if lib is not None else 0
+from .native import KernelArgumentError, _check, _index, _lanes, _ptr, _sfx, _window, lanes, library  # noqa: F401
 
 
 def applies(dtype: torch.dtype, channels: list[int]) -> bool:
@@ -43,10 +37,6 @@ def _arg(t: torch.Tensor | None, dims: int, r: int, numel: int, like: torch.Tens
 def _out(t: torch.Tensor, numel: int, like: torch.Tensor, what: str) -> None:
     _check(t.dtype == like.dtype and t.device.type == "cpu" and t.is_contiguous() and t.numel() == numel,
            f"{what}: needs {numel} contiguous {like.dtype} values on the CPU")
-
-
-def _lanes(c: int) -> None:
-    _check(c > 0 and c % lanes() == 0, f"{c} channels: the Hessian-vector kernels need a multiple of {lanes()}")
 
 
 def _epilogue(out: torch.Tensor, bias: torch.Tensor | None, gain: torch.Tensor | None, nxt: torch.Tensor | None,

@@ -7,7 +7,7 @@
  * X = 2px + dx, scanned (0,0), (0,1), (1,0), (1,1) like torch's max_pool2d: the first maximum of
  * GELU's values wins, NaN wins. idx holds the winner's grid position Y * 2wp + X (torch's indices).
  *
- * GELU is the exact (erf) GELU. double: libm's erf, as accurate as torch's. float: 8 lanes at once
+ * GELU is the exact (erf) GELU. double: libm's erf, as accurate as torch's. float: VL lanes at once (simd.h)
  * with the formula torch's own vectorised CPU GELU uses (Abramowitz-Stegun 7.1.26 for erf, absolute
  * error below 1.5e-7) and a Cody-Waite exp; values agree with torch's float GELU to a few units in
  * the last place. Built by tda/kernels/native.py: gcc -O3 -march=native -shared.
@@ -15,65 +15,51 @@
 #include <math.h>
 #include <stdint.h>
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+#include "simd.h"
 
-static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
-static inline v8i splati(int32_t x) { return (v8i){x, x, x, x, x, x, x, x}; }
-static inline v8f vload(const float *p) { v8f v; __builtin_memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, v8f v) { __builtin_memcpy(p, &v, sizeof v); }
-static inline void vstorei(int32_t *p, v8i v) { __builtin_memcpy(p, &v, sizeof v); }
-static inline v8i vloadi(const int32_t *p) { v8i v; __builtin_memcpy(&v, p, sizeof v); return v; }
-/* lanes of a where m is all ones, else of b */
-static inline v8f vsel(v8i m, v8f a, v8f b) { return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
-static inline v8i vseli(v8i m, v8i a, v8i b) { return (a & m) | (b & ~m); }
+/* lanes of a float vector: the channels every float kernel of the library needs a multiple of */
+int kernel_lanes(void) { return VL; }
 
 /* e^x for x in [-87, 0] (callers pass -z^2/2): Cody-Waite reduction, cephes' expf polynomial. */
-static inline v8f vexp_neg(v8f x) {
-    x = vsel(x < splat(-87.0f), splat(-87.0f), x);
-    v8f n = x * splat(1.44269504088896341f) + splat(12582912.0f);  /* round to nearest via 1.5 * 2^23 */
-    n = n - splat(12582912.0f);
-    v8f r = x - n * splat(0.693359375f);
-    r = r - n * splat(-2.12194440e-4f);
-    v8f p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3333451907e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * (r * r) + r + splat(1.0f);
-    v8i e = (__builtin_convertvector(n, v8i) + splati(127)) << 23;
-    return p * (v8f)e;
+static inline vf vexp_neg(vf x) {
+    x = sel(x < bc(-87.0f), bc(-87.0f), x);
+    vf n = x * bc(1.44269504088896341f) + bc(12582912.0f);  /* round to nearest via 1.5 * 2^23 */
+    n = n - bc(12582912.0f);
+    vf r = x - n * bc(0.693359375f);
+    r = r - n * bc(-2.12194440e-4f);
+    vf p = bc(1.9875691500e-4f);
+    p = p * r + bc(1.3981999507e-3f);
+    p = p * r + bc(8.3333451907e-3f);
+    p = p * r + bc(4.1665795894e-2f);
+    p = p * r + bc(1.6666665459e-1f);
+    p = p * r + bc(5.0000001201e-1f);
+    p = p * (r * r) + r + bc(1.0f);
+    vi e = (__builtin_convertvector(n, vi) + bci(127)) << 23;
+    return p * (vf)e;
 }
 
-/* GELU(z) and GELU'(z) = Phi(z) + z phi(z), 8 lanes. */
-static inline void vgelu(v8f z, v8f *g, v8f *dg) {
-    v8f x = z * splat(0.70710678118654752f);
-    v8i neg = x < splat(0.0f);
-    v8f ax = vsel(neg, -x, x);
-    v8f t = splat(1.0f) / (splat(0.3275911f) * ax + splat(1.0f));
-    v8f r = splat(1.061405429f);
-    r = r * t + splat(-1.453152027f);
-    r = r * t + splat(1.421413741f);
-    r = r * t + splat(-0.284496736f);
-    r = r * t + splat(0.254829592f);
-    v8f e = vexp_neg(-(x * x));  /* e^(-z^2/2) */
-    v8f erf_abs = splat(1.0f) - r * t * e;
-    v8f cdf = splat(0.5f) * (splat(1.0f) + vsel(neg, -erf_abs, erf_abs));
+/* GELU(z) and GELU'(z) = Phi(z) + z phi(z), VL lanes. */
+static inline void vgelu(vf z, vf *g, vf *dg) {
+    vf x = z * bc(0.70710678118654752f);
+    vi neg = x < bc(0.0f);
+    vf ax = sel(neg, -x, x);
+    vf t = bc(1.0f) / (bc(0.3275911f) * ax + bc(1.0f));
+    vf r = bc(1.061405429f);
+    r = r * t + bc(-1.453152027f);
+    r = r * t + bc(1.421413741f);
+    r = r * t + bc(-0.284496736f);
+    r = r * t + bc(0.254829592f);
+    vf e = vexp_neg(-(x * x));  /* e^(-z^2/2) */
+    vf erf_abs = bc(1.0f) - r * t * e;
+    vf cdf = bc(0.5f) * (bc(1.0f) + sel(neg, -erf_abs, erf_abs));
     *g = z * cdf;
-    *dg = cdf + z * e * splat(0.39894228040143268f);
+    *dg = cdf + z * e * bc(0.39894228040143268f);
 }
 
 static inline void gelu64(double z, double *g, double *dg) {
     double cdf = 0.5 * (1.0 + erf(z * 0.70710678118654752));
     *g = z * cdf;
     *dg = cdf + z * exp(-0.5 * z * z) * 0.39894228040143268;
-}
-
-/* Grid positions Y * 2wp + X of pool window (py, px) in scan order (0,0), (0,1), (1,0), (1,1). */
-static inline void window_positions(int64_t py, int64_t px, int64_t wp, int32_t pos[4]) {
-    const int32_t w2 = (int32_t)(2 * wp), pos0 = (int32_t)(2 * py) * w2 + (int32_t)(2 * px);
-    pos[0] = pos0, pos[1] = pos0 + 1, pos[2] = pos0 + w2, pos[3] = pos0 + w2 + 1;
 }
 
 /* double: the same selection as pool_select, one channel (z[q] the window's four pre-activations). */
@@ -104,28 +90,28 @@ static inline void pool_select64(const double z[4], const int32_t pos[4], int64_
  * rounding. */
 #define SCAN(ZQ, Q)                                                         \
     do {                                                                       \
-        v8i up = ((ZQ) > zmax) | ((ZQ) != (ZQ)), dn = (ZQ) < zmin;             \
-        zmax = vsel(up, ZQ, zmax);                                             \
-        imax = vseli(up, splati(pos[Q]), imax);                                \
-        zmin = vsel(dn, ZQ, zmin);                                             \
-        imin = vseli(dn, splati(pos[Q]), imin);                                \
+        vi up = ((ZQ) > zmax) | ((ZQ) != (ZQ)), dn = (ZQ) < zmin;             \
+        zmax = sel(up, ZQ, zmax);                                             \
+        imax = seli(up, bci(pos[Q]), imax);                                \
+        zmin = sel(dn, ZQ, zmin);                                             \
+        imin = seli(dn, bci(pos[Q]), imin);                                \
     } while (0)
 
 /* A window's four pre-activations zq -> the pooled GELU and (each pointer optional, already at the window's
  * channels) the winner's grid position, its z and GELU' there. */
-static inline void pool_select(const v8f zq[4], const int32_t pos[4], float *pooled, int32_t *idx, float *zsel,
+static inline void pool_select(const vf zq[4], const int32_t pos[4], float *pooled, int32_t *idx, float *zsel,
                                float *dsel) {
-    v8f zmax = zq[0], zmin = zq[0];
-    v8i imax = splati(pos[0]), imin = imax;
+    vf zmax = zq[0], zmin = zq[0];
+    vi imax = bci(pos[0]), imin = imax;
     for (int q = 1; q < 4; q++) SCAN(zq[q], q);
-    v8f gmax, dmax, gmin, dmin;
+    vf gmax, dmax, gmin, dmin;
     vgelu(zmax, &gmax, &dmax);
     vgelu(zmin, &gmin, &dmin);
-    v8i m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
-    vstore(pooled, vsel(m, gmin, gmax));
-    if (idx) vstorei(idx, vseli(m, imin, imax));
-    if (zsel) vstore(zsel, vsel(m, zmin, zmax));
-    if (dsel) vstore(dsel, vsel(m, dmin, dmax));
+    vi m = (gmin > gmax) | ((gmin == gmax) & (imin < imax));
+    st(pooled, sel(m, gmin, gmax));
+    if (idx) sti(idx, seli(m, imin, imax));
+    if (zsel) st(zsel, sel(m, zmin, zmax));
+    if (dsel) st(dsel, sel(m, dmin, dmax));
 }
 
 void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_t C, float *pooled, int32_t *idx,
@@ -137,9 +123,9 @@ void gelu_pool_f32(const float *z, int64_t batch, int64_t hp, int64_t wp, int64_
                 window_positions(py, px, wp, pos);
                 const float *zb = z + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
-                for (int64_t c = 0; c < C; c += 8) {
-                    v8f zq[4];
-                    for (int q = 0; q < 4; q++) zq[q] = vload(zb + pos[q] * C + c);
+                for (int64_t c = 0; c < C; c += VL) {
+                    vf zq[4];
+                    for (int q = 0; q < 4; q++) zq[q] = ld(zb + pos[q] * C + c);
                     pool_select(zq, pos, pooled + o + c, idx + o + c, zsel ? zsel + o + c : 0,
                                 dsel ? dsel + o + c : 0);
                 }
@@ -175,12 +161,12 @@ void gelu_pool_backward_f32(const float *d, const int32_t *idx, const float *dse
                 window_positions(py, px, wp, pos);
                 float *db = dz + b * 4 * hp * wp * C;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
-                for (int64_t c = 0; c < C; c += 8) {
-                    v8f g = vload(d + o + c) * vload(dsel + o + c);
-                    v8i i = vloadi(idx + o + c);
-                    vstore(gs + o + c, g);
+                for (int64_t c = 0; c < C; c += VL) {
+                    vf g = ld(d + o + c) * ld(dsel + o + c);
+                    vi i = ldi(idx + o + c);
+                    st(gs + o + c, g);
                     for (int q = 0; q < 4; q++)
-                        vstore(db + pos[q] * C + c, vsel(i == splati(pos[q]), g, splat(0.0f)));
+                        st(db + pos[q] * C + c, sel(i == bci(pos[q]), g, bc(0.0f)));
                 }
             }
 }
@@ -215,12 +201,12 @@ void conv_gelu_pool_f32(const float *cols, const float *W, const float *bias, in
                 const float *r[4];
                 for (int q = 0; q < 4; q++) r[q] = cols + (b * 4 * hp * wp + pos[q]) * K;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
-                for (int64_t c = 0; c < C; c += 8) {
-                    v8f acc[4], w = vload(bias + c);
+                for (int64_t c = 0; c < C; c += VL) {
+                    vf acc[4], w = ld(bias + c);
                     for (int q = 0; q < 4; q++) acc[q] = w;
                     for (int64_t t = 0; t < K; t++) {
-                        w = vload(W + t * C + c);
-                        for (int q = 0; q < 4; q++) acc[q] += splat(r[q][t]) * w;
+                        w = ld(W + t * C + c);
+                        for (int q = 0; q < 4; q++) acc[q] += bc(r[q][t]) * w;
                     }
                     pool_select(acc, pos, pooled + o + c, idx + o + c, zsel ? zsel + o + c : 0,
                                 dsel ? dsel + o + c : 0);
@@ -265,15 +251,15 @@ void conv_gelu_pool_backward_f32(const float *cols, const float *d, const int32_
                 const float *r[4];
                 for (int q = 0; q < 4; q++) r[q] = cols + (b * 4 * hp * wp + pos[q]) * K;
                 const int64_t o = ((b * hp + py) * wp + px) * C;
-                for (int64_t c = 0; c < C; c += 8) {
-                    v8f g = vload(d + o + c) * vload(dsel + o + c), m[4];
-                    v8i i = vloadi(idx + o + c);
-                    vstore(gs + o + c, g);
-                    for (int q = 0; q < 4; q++) m[q] = vsel(i == splati(pos[q]), g, splat(0.0f));
+                for (int64_t c = 0; c < C; c += VL) {
+                    vf g = ld(d + o + c) * ld(dsel + o + c), m[4];
+                    vi i = ldi(idx + o + c);
+                    st(gs + o + c, g);
+                    for (int q = 0; q < 4; q++) m[q] = sel(i == bci(pos[q]), g, bc(0.0f));
                     for (int64_t t = 0; t < K; t++) {
-                        v8f acc = vload(dw + t * C + c);
-                        for (int q = 0; q < 4; q++) acc += splat(r[q][t]) * m[q];
-                        vstore(dw + t * C + c, acc);
+                        vf acc = ld(dw + t * C + c);
+                        for (int q = 0; q < 4; q++) acc += bc(r[q][t]) * m[q];
+                        st(dw + t * C + c, acc);
                     }
                 }
             }
@@ -305,62 +291,45 @@ void conv_gelu_pool_backward_f64(const double *cols, const double *d, const int3
  * pre-activations stay in registers over all k*k*cin taps (tap order (ky, kx, ci), weights
  * Wt [k*k*cin, cout] as the kernel layout), then gelu_pool's selection. The outputs are as gelu_pool's
  * (idx, zsel, dsel optional). */
-/* One pool window, output channels c0 .. c0 + 8 NB: the four positions' pre-activations in 4 NB registers. */
+/* One pool window, output channels c0 .. c0 + VL NB: the four positions' pre-activations in 4 NB registers. */
 static inline __attribute__((always_inline)) void direct_window(
         const int NB, const float *xb, const float *Wt, const float *bias, int64_t Wd, int64_t cin, int64_t k,
         int64_t cout, int64_t py, int64_t px, int64_t wp, int64_t c0, int64_t o, float *pooled, int32_t *idx,
         float *zsel, float *dsel) {
-    v8f acc[3][4];
+    vf acc[MAXNB][4];
     for (int h = 0; h < NB; h++)
-        for (int q = 0; q < 4; q++) acc[h][q] = vload(bias + c0 + 8 * h);
-    for (int64_t ky = 0; ky < k; ky++)
-        for (int64_t kx = 0; kx < k; kx++) {
-            const float *x0 = xb + ((2 * py + ky) * Wd + 2 * px + kx) * cin, *x2 = x0 + Wd * cin;
-            const float *w = Wt + (ky * k + kx) * cin * cout + c0;
-            for (int64_t ci = 0; ci < cin; ci++, w += cout) {
-                v8f wv[3];
-                for (int h = 0; h < NB; h++) {
-                    wv[h] = vload(w + 8 * h);
-#if defined(__x86_64__) || defined(__i386__)
-                    /* keep the weights in registers: folded into each FMA they would be loaded four times,
-                     * and loads, not FMAs, would bound the loop */
-                    __asm__("" : "+x"(wv[h]));
-#endif
-                }
-                const float *xq[4] = {x0 + ci, x0 + ci + cin, x2 + ci, x2 + ci + cin};
-                for (int q = 0; q < 4; q++) {  /* one broadcast live at a time: 12 accumulators + 3 weights fit */
-                    const v8f sq = splat(*xq[q]);
-                    for (int h = 0; h < NB; h++) acc[h][q] += sq * wv[h];
-                }
-            }
-        }
+        for (int q = 0; q < 4; q++) acc[h][q] = ld(bias + c0 + VL * h);
+    direct_term(NB, acc, xb, Wt, Wd, cin, k, cout, py, px, c0);
     int32_t pos[4];
     window_positions(py, px, wp, pos);
     for (int h = 0; h < NB; h++)
-        pool_select(acc[h], pos, pooled + o + 8 * h, idx ? idx + o + 8 * h : 0, zsel ? zsel + o + 8 * h : 0,
-                    dsel ? dsel + o + 8 * h : 0);
+        pool_select(acc[h], pos, pooled + o + VL * h, idx ? idx + o + VL * h : 0, zsel ? zsel + o + VL * h : 0,
+                    dsel ? dsel + o + VL * h : 0);
 }
 
-/* Channels in blocks of 24 (12 accumulators: enough independent FMAs to cover their latency), the last
- * block 16 or 8 wide. Requires cout % 8 == 0. */
+/* Channels in blocks of up to MAXNB vectors (4 MAXNB accumulators: enough independent FMAs to cover their
+ * latency). Requires cout % VL == 0. */
 void conv_direct_gelu_pool_f32(const float *x, const float *Wt, const float *bias, int64_t batch, int64_t H,
                                int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
                                float *pooled, int32_t *idx, float *zsel, float *dsel) {
     for (int64_t b = 0; b < batch; b++) {
         const float *xb = x + b * H * Wd * cin;
         for (int64_t c0 = 0; c0 < cout;) {
-            const int64_t left = cout - c0, nb = left >= 24 && left != 32 ? 3 : left >= 16 ? 2 : 1;
+            const int nb = channel_blocks((cout - c0) / VL);
             for (int64_t py = 0; py < hp; py++)
                 for (int64_t px = 0; px < wp; px++) {
                     const int64_t o = ((b * hp + py) * wp + px) * cout + c0;
-                    if (nb == 3)
+                    if (nb == MAXNB)
+                        direct_window(MAXNB, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel,
+                                      dsel);
+                    else if (nb == 3)
                         direct_window(3, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel, dsel);
                     else if (nb == 2)
                         direct_window(2, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel, dsel);
                     else
                         direct_window(1, xb, Wt, bias, Wd, cin, k, cout, py, px, wp, c0, o, pooled, idx, zsel, dsel);
                 }
-            c0 += 8 * nb;
+            c0 += VL * nb;
         }
     }
 }

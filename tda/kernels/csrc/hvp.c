@@ -25,33 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
-#define VL 16
-#define MAXNB 4 /* 4 x 4 accumulators + 4 weights + 1 broadcast of 32 registers */
-#define KEEP "+v"
-#else
-#define VL 8
-#define MAXNB 3 /* 3 x 4 accumulators + 3 weights + 1 broadcast of 16 registers */
-#define KEEP "+x"
-#endif
+#include "simd.h"
 
-typedef float vf __attribute__((vector_size(4 * VL)));
-typedef int32_t vi __attribute__((vector_size(4 * VL)));
-
-static inline vf bc(float x) { return (vf){0} + x; }
-static inline vi bci(int32_t x) { return (vi){0} + x; }
-static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline vi ldi(const int32_t *p) { vi v; memcpy(&v, p, sizeof v); return v; }
-static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-
-/* lanes of a float vector: the channels these kernels need a multiple of */
-int hvp_lanes(void) { return VL; }
-
-static inline void window_pos(int64_t py, int64_t px, int64_t wp, int32_t pos[4]) {
-    const int32_t w2 = (int32_t)(2 * wp), p0 = (int32_t)(2 * py) * w2 + (int32_t)(2 * px);
-    pos[0] = p0, pos[1] = p0 + 1, pos[2] = p0 + w2, pos[3] = p0 + w2 + 1;
-}
 
 /* the window's accumulator of the winner's position, lane by lane */
 static inline vf pick(const vf acc[4], vi iv, const int32_t pos[4]) {
@@ -61,30 +36,6 @@ static inline vf pick(const vf acc[4], vi iv, const int32_t pos[4]) {
 }
 
 /* ---------------------------------------------------------------- forward: pre-activations at the winners */
-
-/* One term of a window: acc[h][q] += sum over taps of x at position q (+ tap) times W's channels c0 + VL h. */
-static inline __attribute__((always_inline)) void direct_term(const int NB, vf acc[][4], const float *xb,
-        const float *W, int64_t Wd, int64_t cin, int64_t k, int64_t C, int64_t py, int64_t px, int64_t c0) {
-    for (int64_t ky = 0; ky < k; ky++)
-        for (int64_t kx = 0; kx < k; kx++) {
-            const float *x0 = xb + ((2 * py + ky) * Wd + 2 * px + kx) * cin, *x2 = x0 + Wd * cin;
-            const float *w = W + (ky * k + kx) * cin * C + c0;
-            for (int64_t ci = 0; ci < cin; ci++, w += C) {
-                vf wv[MAXNB];
-                for (int h = 0; h < NB; h++) {
-                    wv[h] = ld(w + VL * h);
-#if defined(__x86_64__) || defined(__i386__)
-                    __asm__("" : KEEP(wv[h])); /* keep the weights in registers (see gelu_pool.c) */
-#endif
-                }
-                const float *xq[4] = {x0 + ci, x0 + ci + cin, x2 + ci, x2 + ci + cin};
-                for (int q = 0; q < 4; q++) {
-                    const vf s = bc(*xq[q]);
-                    for (int h = 0; h < NB; h++) acc[h][q] += s * wv[h];
-                }
-            }
-        }
-}
 
 /* The epilogue of a window: its tangent pre-activations s at the winners, stored; times GELU' into the next block's
  * tangent input (nx: that input at this window's position, or NULL). */
@@ -102,7 +53,7 @@ static inline __attribute__((always_inline)) void winners_window(const int NB, c
     direct_term(NB, acc, xb1, W1, Wd, cin, k, C, py, px, c0);
     if (xb2) direct_term(NB, acc, xb2, W2, Wd, cin, k, C, py, px, c0);
     int32_t pos[4];
-    window_pos(py, px, wp, pos);
+    window_positions(py, px, wp, pos);
     for (int h = 0; h < NB; h++) {
         const int64_t c = c0 + VL * h;
         store_winner(ob, nx, gb, pick(acc[h], ldi(ib + c), pos), c);
@@ -135,9 +86,7 @@ void hvp_conv_winners_f32(const float *x1, int64_t x1_r, const float *W1, int64_
             const float *xb2 = x2 ? x2 + r * x2_r + b * xs : 0, *Wr2 = x2 ? W2 + r * w2_r : 0;
             if (nxt) ZERO_BORDER(float, nxt + (r * B + b) * (hp + 2 * pad) * (wp + 2 * pad) * C, hp, wp, pad, C);
             for (int64_t c0 = 0; c0 < C;) {
-                const int64_t nv = (C - c0) / VL;
-                int nb = nv >= MAXNB ? MAXNB : (int)nv;
-                if (VL == 8 && nv == 4) nb = 2; /* 32 channels as 16 + 16, not 24 + 8 */
+                const int nb = channel_blocks((C - c0) / VL);
                 for (int64_t py = 0; py < hp; py++)
                     for (int64_t px = 0; px < wp; px++) {
                         const int64_t w = py * wp + px;
@@ -169,7 +118,7 @@ void hvp_cols_winners_f32(const float *cols, const float *W, int64_t w_r, const 
             for (int64_t py = 0; py < hp; py++)
                 for (int64_t px = 0; px < wp; px++) {
                     int32_t pos[4];
-                    window_pos(py, px, wp, pos);
+                    window_positions(py, px, wp, pos);
                     const float *row[4];
                     for (int q = 0; q < 4; q++) row[q] = cols + (b * 4 * n + pos[q]) * K;
                     const int64_t w = py * wp + px;
@@ -302,7 +251,7 @@ void hvp_cols_backward_weight_f32(const float *cols, const float *g, int64_t g_r
             for (int64_t py = 0; py < hp; py++)
                 for (int64_t px = 0; px < wp; px++) {
                     int32_t pos[4];
-                    window_pos(py, px, wp, pos);
+                    window_positions(py, px, wp, pos);
                     const float *row[4];
                     for (int q = 0; q < 4; q++) row[q] = cols + (b * 4 * n + pos[q]) * K;
                     const int64_t o = (b * n + py * wp + px) * C;
