@@ -1,7 +1,7 @@
 """C kernels for the CNNs' GELU + max-pool blocks (`csrc/gelu_pool.c`): their Python face. Each call checks its
 arguments (dtypes, contiguity, channels a multiple of the vectors' lanes, index dtype, buffer sizes, window
-bounds) with a real error before the C code touches memory, then calls the compiled library (`build` compiles and loads it safely,
-on first use). Where there is no compiler the CNN kernels use torch's own ops instead.
+bounds) with a real error before the C code touches memory, then calls the compiled library (`build` compiles
+and loads it safely, on first use). Where there is no compiler the CNN kernels use torch's own ops instead.
 
 TDA_C_KERNELS=0 turns the C kernels off (torch's ops only); TDA_REQUIRE_C_KERNELS=1 makes a failed build an
 error instead of a warning (CI sets it, so the tests cannot silently run the fallback alone).
