@@ -362,17 +362,26 @@ void conv_direct_gelu_pool_f64(const double *x, const double *Wt, const double *
 /* The backward of a direct block (conv_direct_gelu_pool), given gs, the gradient at each window's selected
  * pre-activation [B, hp, wp, cout], and the winners idx. Each window passes one gradient per channel, so
  * rather than dense products over the whole grid (three quarters of it zero) each (window, channel) adds
- * its one input patch: k rows of k * cin contiguous values, channels-last. Plain loops over contiguous
- * runs, which the compiler vectorises; the same code for float and double.
+ * its one input patch: k rows of k * cin contiguous values, channels-last.
  *
  * weight: dWT[co][(ky, kx, ci)] = sum over windows of gs * x[winner + (ky, kx)][ci], into dWT [cout, k*k*cin]
  *         (transposed kernel layout), per sample at dw_stride (> 0) or summed over the batch (0); overwritten.
+ *         float: each row's run of k * cin values kept in registers over the windows, chunk by chunk.
  * input:  dx[b][winner + (ky, kx)][ci] += gs * WT[co][(ky, kx, ci)], WT the transposed weights; dx
- *         [B, H, W, cin] (padding included) is overwritten. */
+ *         [B, H, W, cin] (padding included) is overwritten.
+ * Every sum runs over the windows in the same order in each variant. */
+
+/* Offset in a channels-last [H, Wd, cin] input of the winner pos of window (py, px): its row and column in the
+ * window from pos minus the window's first position (no division; a stray index stays inside the window). */
+static inline int64_t winner_at(int64_t pos, int64_t py, int64_t px, int64_t w2, int64_t Wd, int64_t cin) {
+    const int64_t rel = pos - (2 * py * w2 + 2 * px), dy = rel >= w2, dx = (rel - dy * w2) & 1;
+    return ((2 * py + dy) * Wd + 2 * px + dx) * cin;
+}
+
 #define POOL_CONV_BACKWARD(T, SFX)                                                                            \
-    void pool_conv_backward_weight_##SFX(const T *x, const T *gs, const int32_t *idx, int64_t batch, int64_t H, \
-                                         int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp,         \
-                                         int64_t wp, T *dWT, int64_t dw_stride) {                              \
+    static void pool_conv_backward_weight_plain_##SFX(const T *x, const T *gs, const int32_t *idx, int64_t batch, \
+                                                     int64_t H, int64_t Wd, int64_t cin, int64_t k, int64_t cout, \
+                                                     int64_t hp, int64_t wp, T *dWT, int64_t dw_stride) {      \
         const int64_t taps = k * k * cin, run = k * cin, w2 = 2 * wp, n = hp * wp;                              \
         for (int64_t b = 0; b < batch; b++) {                                                                 \
             T *dw = dWT + b * dw_stride;                                                                      \
@@ -381,34 +390,138 @@ void conv_direct_gelu_pool_f64(const double *x, const double *Wt, const double *
             const T *xb = x + b * H * Wd * cin;                                                               \
             for (int64_t co = 0; co < cout; co++) {                                                           \
                 T *row = dw + co * taps;                                                                      \
-                for (int64_t w = 0; w < n; w++) {                                                             \
-                    const int64_t o = (b * n + w) * cout + co, pos = idx[o];                                  \
-                    const T g = gs[o];                                                                        \
-                    const T *src = xb + ((pos / w2) * Wd + pos % w2) * cin;                                   \
-                    for (int64_t ky = 0; ky < k; ky++)                                                        \
-                        for (int64_t j = 0; j < run; j++) row[ky * run + j] += g * src[ky * Wd * cin + j];    \
-                }                                                                                             \
+                for (int64_t py = 0; py < hp; py++)                                                           \
+                    for (int64_t px = 0; px < wp; px++) {                                                     \
+                        const int64_t o = (b * n + py * wp + px) * cout + co;                                 \
+                        const T g = gs[o];                                                                    \
+                        const T *src = xb + winner_at(idx[o], py, px, w2, Wd, cin);                           \
+                        for (int64_t ky = 0; ky < k; ky++)                                                    \
+                            for (int64_t j = 0; j < run; j++) row[ky * run + j] += g * src[ky * Wd * cin + j]; \
+                    }                                                                                         \
             }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
-    void pool_conv_backward_input_##SFX(const T *gs, const int32_t *idx, const T *WT, int64_t batch, int64_t H, \
-                                        int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp,          \
-                                        int64_t wp, T *dx) {                                                  \
+    static void pool_conv_backward_input_plain_##SFX(const T *gs, const int32_t *idx, const T *WT, int64_t batch, \
+                                                    int64_t H, int64_t Wd, int64_t cin, int64_t k, int64_t cout, \
+                                                    int64_t hp, int64_t wp, T *dx) {                           \
         const int64_t taps = k * k * cin, run = k * cin, w2 = 2 * wp, n = hp * wp;                              \
         for (int64_t i = 0; i < batch * H * Wd * cin; i++) dx[i] = 0;                                         \
         for (int64_t b = 0; b < batch; b++) {                                                                 \
             T *xb = dx + b * H * Wd * cin;                                                                    \
-            for (int64_t w = 0; w < n; w++)                                                                   \
-                for (int64_t co = 0; co < cout; co++) {                                                       \
-                    const int64_t o = (b * n + w) * cout + co, pos = idx[o];                                  \
-                    const T g = gs[o];                                                                        \
-                    const T *src = WT + co * taps;                                                            \
-                    T *dst = xb + ((pos / w2) * Wd + pos % w2) * cin;                                         \
-                    for (int64_t ky = 0; ky < k; ky++)                                                        \
-                        for (int64_t j = 0; j < run; j++) dst[ky * Wd * cin + j] += g * src[ky * run + j];    \
-                }                                                                                             \
+            for (int64_t py = 0; py < hp; py++)                                                               \
+                for (int64_t px = 0; px < wp; px++)                                                           \
+                    for (int64_t co = 0; co < cout; co++) {                                                   \
+                        const int64_t o = (b * n + py * wp + px) * cout + co;                                 \
+                        const T g = gs[o];                                                                    \
+                        const T *src = WT + co * taps;                                                        \
+                        T *dst = xb + winner_at(idx[o], py, px, w2, Wd, cin);                                 \
+                        for (int64_t ky = 0; ky < k; ky++)                                                    \
+                            for (int64_t j = 0; j < run; j++) dst[ky * Wd * cin + j] += g * src[ky * run + j]; \
+                    }                                                                                         \
         }                                                                                                     \
     }
 
 POOL_CONV_BACKWARD(float, f32)
 POOL_CONV_BACKWARD(double, f64)
+
+void pool_conv_backward_input_f64(const double *gs, const int32_t *idx, const double *WT, int64_t batch, int64_t H,
+                                  int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
+                                  double *dx) {
+    pool_conv_backward_input_plain_f64(gs, idx, WT, batch, H, Wd, cin, k, cout, hp, wp, dx);
+}
+
+void pool_conv_backward_weight_f64(const double *x, const double *gs, const int32_t *idx, int64_t batch, int64_t H,
+                                   int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
+                                   double *dWT, int64_t dw_stride) {
+    pool_conv_backward_weight_plain_f64(x, gs, idx, batch, H, Wd, cin, k, cout, hp, wp, dWT, dw_stride);
+}
+
+/* vectors of a row chunk kept in registers */
+#define RB (4 * MAXNB)
+
+/* row[0 .. NV VL) += sum over sample b's windows of gs[window][co] * (the winner's input at tap offset off). */
+static inline __attribute__((always_inline)) void weight_chunk(const int NV, float *row, const float *xb,
+        const float *gs, const int32_t *idx, int64_t b, int64_t co, int64_t cout, int64_t hp, int64_t wp, int64_t Wd,
+        int64_t cin, int64_t off) {
+    vf acc[RB];
+    for (int t = 0; t < NV; t++) acc[t] = ld(row + VL * t);
+    for (int64_t py = 0; py < hp; py++)
+        for (int64_t px = 0; px < wp; px++) {
+            const int64_t o = (b * hp * wp + py * wp + px) * cout + co;
+            const vf g = bc(gs[o]);
+            const float *src = xb + winner_at(idx[o], py, px, 2 * wp, Wd, cin) + off;
+            for (int t = 0; t < NV; t++) acc[t] += g * ld(src + VL * t);
+        }
+    for (int t = 0; t < NV; t++) st(row + VL * t, acc[t]);
+}
+
+#define WEIGHT_CHUNK_CASE(NV) \
+    case NV: weight_chunk(NV, row + ky * run + j0, xb, gs, idx, b, co, cout, hp, wp, Wd, cin, ky * Wd * cin + j0); break;
+
+void pool_conv_backward_weight_f32(const float *x, const float *gs, const int32_t *idx, int64_t batch, int64_t H,
+                                   int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
+                                   float *dWT, int64_t dw_stride) {
+    const int64_t taps = k * k * cin, run = k * cin;
+    if (run % VL) {
+        pool_conv_backward_weight_plain_f32(x, gs, idx, batch, H, Wd, cin, k, cout, hp, wp, dWT, dw_stride);
+        return;
+    }
+    for (int64_t b = 0; b < batch; b++) {
+        float *dw = dWT + b * dw_stride;
+        if (b == 0 || dw_stride) memset(dw, 0, sizeof(float) * cout * taps);
+        const float *xb = x + b * H * Wd * cin;
+        for (int64_t co = 0; co < cout; co++) {
+            float *row = dw + co * taps;
+            for (int64_t ky = 0; ky < k; ky++)
+                for (int64_t j0 = 0; j0 < run; j0 += VL * RB) {
+                    const int64_t left = (run - j0) / VL;
+                    switch (left < RB ? left : RB) {
+                        WEIGHT_CHUNK_CASE(1) WEIGHT_CHUNK_CASE(2) WEIGHT_CHUNK_CASE(3) WEIGHT_CHUNK_CASE(4)
+                        WEIGHT_CHUNK_CASE(5) WEIGHT_CHUNK_CASE(6) WEIGHT_CHUNK_CASE(7) WEIGHT_CHUNK_CASE(8)
+                        WEIGHT_CHUNK_CASE(9) WEIGHT_CHUNK_CASE(10) WEIGHT_CHUNK_CASE(11) WEIGHT_CHUNK_CASE(12)
+#if RB > 12
+                        WEIGHT_CHUNK_CASE(13) WEIGHT_CHUNK_CASE(14) WEIGHT_CHUNK_CASE(15) WEIGHT_CHUNK_CASE(16)
+#endif
+                    }
+                }
+        }
+    }
+}
+
+/* dst[0 .. NV VL) += g * src[0 .. NV VL): one row of a patch */
+static inline __attribute__((always_inline)) void axpy_run(const int NV, float *dst, vf g, const float *src) {
+    for (int t = 0; t < NV; t++) st(dst + VL * t, ld(dst + VL * t) + g * ld(src + VL * t));
+}
+
+#define INPUT_RUN_CASE(NV) \
+    case NV: for (int64_t ky = 0; ky < k; ky++) axpy_run(NV, dst + ky * Wd * cin, g, src + ky * run); break;
+
+void pool_conv_backward_input_f32(const float *gs, const int32_t *idx, const float *WT, int64_t batch, int64_t H,
+                                  int64_t Wd, int64_t cin, int64_t k, int64_t cout, int64_t hp, int64_t wp,
+                                  float *dx) {
+    const int64_t taps = k * k * cin, run = k * cin, w2 = 2 * wp, n = hp * wp;
+    if (run % VL || run / VL > 24) {
+        pool_conv_backward_input_plain_f32(gs, idx, WT, batch, H, Wd, cin, k, cout, hp, wp, dx);
+        return;
+    }
+    memset(dx, 0, sizeof(float) * batch * H * Wd * cin);
+    for (int64_t b = 0; b < batch; b++) {
+        float *xb = dx + b * H * Wd * cin;
+        for (int64_t py = 0; py < hp; py++)
+            for (int64_t px = 0; px < wp; px++)
+                for (int64_t co = 0; co < cout; co++) {
+                    const int64_t o = (b * n + py * wp + px) * cout + co;
+                    const vf g = bc(gs[o]);
+                    const float *src = WT + co * taps;
+                    float *dst = xb + winner_at(idx[o], py, px, w2, Wd, cin);
+                    switch (run / VL) {
+                        INPUT_RUN_CASE(1) INPUT_RUN_CASE(2) INPUT_RUN_CASE(3) INPUT_RUN_CASE(4) INPUT_RUN_CASE(5)
+                        INPUT_RUN_CASE(6) INPUT_RUN_CASE(7) INPUT_RUN_CASE(8) INPUT_RUN_CASE(9) INPUT_RUN_CASE(10)
+                        INPUT_RUN_CASE(11) INPUT_RUN_CASE(12) INPUT_RUN_CASE(13) INPUT_RUN_CASE(14)
+                        INPUT_RUN_CASE(15) INPUT_RUN_CASE(16) INPUT_RUN_CASE(17) INPUT_RUN_CASE(18)
+                        INPUT_RUN_CASE(19) INPUT_RUN_CASE(20) INPUT_RUN_CASE(21) INPUT_RUN_CASE(22)
+                        INPUT_RUN_CASE(23) INPUT_RUN_CASE(24)
+                    }
+                }
+    }
+}
