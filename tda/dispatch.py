@@ -146,6 +146,15 @@ def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Te
     return E.member_losses(model, stacked, frozen, x, y, chunk, use_vmap(x.device, vectorize), loss)
 
 
+def member_logits(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, chunk: int = 1000,
+                  vectorize: bool | None = None) -> torch.Tensor:
+    """Outputs of every stacked member on every sample, [K, M, outputs] (model in eval mode)."""
+    spec = kernel_spec(model, stacked, frozen, x, vectorize)
+    if spec is not None:
+        return KE.member_logits(spec, stacked, x)
+    return E.member_logits(model, stacked, frozen, x, chunk)
+
+
 def ensemble_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
                     member_chunk: int = 64, pair_chunk: int = 4096, vectorize: bool | None = None,
                     loss: Loss = cross_entropy) -> torch.Tensor:

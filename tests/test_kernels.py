@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import autograd_grads, autograd_hvp, close
-from tda.dispatch import curvature_product, member_losses, sample_grads, train_ensemble
+from tda.dispatch import curvature_product, member_logits, member_losses, sample_grads, train_ensemble
+from tda.dispatch import path as dispatch_path
 from tda.engine.ensemble import removal_weights, stack
 from tda.engine.functional import per_sample_losses, split_params
 from tda.engine.grads import Grads
@@ -132,6 +133,22 @@ def test_member_losses_equal_the_model(arch, channels, size):
         [per_sample_losses(model, {n: t[k] for n, t in members.items()}, frozen, x, y) for k in range(3)]))
     close(got, ref, 1e-12)
     assert not torch.allclose(got[1], got[0])
+
+
+@pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)
+def test_member_logits_equal_the_model(arch, channels, size):
+    model = _model(arch, channels)
+    params, frozen = split_params(model)
+    x = _images(45, channels, size, seed=3)  # 45: a last forward of 13 samples after the blocks of 32
+    members = stack(params, 3)
+    members["conv1.weight"][2] *= 1.1  # members differ
+    got = member_logits(model, members, frozen, x)
+    assert dispatch_path(model, params, frozen, x).startswith(("C kernels", "CNN kernels"))
+    with torch.no_grad():
+        ref = torch.stack([torch.func.functional_call(model, {**frozen, **{n: t[k] for n, t in members.items()}}, (x,))
+                           for k in range(3)])
+    close(got, ref, 1e-12)
+    assert not torch.allclose(got[2], got[0])
 
 
 @pytest.mark.parametrize("arch,channels,size", ARCHS, ids=IDS)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from .adam import BETAS, EPS, AdamState, adam_init, adam_step
-from .functional import Loss, Params, cross_entropy, per_sample_grads, per_sample_losses, unflatten
+from .functional import Loss, Params, cross_entropy, logits, per_sample_grads, per_sample_losses, unflatten
 from .memory import default_chunk
 
 #: a learning rate: constant, or a function of the 0-based optimiser step (as an LR scheduler sets it before that step)
@@ -67,6 +67,14 @@ def member_losses(model: nn.Module, stacked: Params, frozen: Params, x: torch.Te
         f = vmap(lambda p, xx, yy: per_sample_losses(model, p, frozen, xx, yy, loss), in_dims=(0, None, None))
         step = max(1, chunk // max(k, 1))
         return torch.cat([f(stacked, x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)], dim=1)
+
+
+def member_logits(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor,
+                  chunk: int = 1000) -> torch.Tensor:
+    """Outputs of every stacked member on every sample, [K, M, outputs], one member and `chunk` samples at a time."""
+    with torch.no_grad():
+        return torch.stack([torch.cat([logits(model, member(stacked, k), frozen, x[i:i + chunk])
+                                       for i in range(0, len(x), chunk)]) for k in range(n_members(stacked))])
 
 
 def removal_weights(n: int, control: bool, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -38,6 +38,20 @@ def flat_losses(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Ten
     return out
 
 
+def member_logits(spec: CNNSpec, stacked: Params, x: torch.Tensor, samples: int = EVAL_SAMPLES) -> torch.Tensor:
+    """Outputs [K, M, classes] of every stacked member on every sample."""
+    members = [views(spec, f) for f in to_kernel(spec, stacked)]
+    out = torch.empty(len(members), len(x), spec.fcs[-1][2], dtype=x.dtype)
+    ws = Workspace()
+    with torch.no_grad():
+        for i in range(0, len(x), samples):
+            xb = x[i:i + samples]
+            cols = K.first_cols(spec, xb)
+            for k, p in enumerate(members):
+                out[k, i:i + samples] = K.logits(spec, p, cols, len(xb), ws)
+    return out
+
+
 def member_losses(spec: CNNSpec, stacked: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample losses [K, M] of every stacked member on every sample."""
     return flat_losses(spec, to_kernel(spec, stacked), x, y)

@@ -55,16 +55,21 @@ def conv_forward(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor,
     return pooled.view(b, -1), saved
 
 
-def losses(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, y: torch.Tensor,
-           ws: Workspace) -> torch.Tensor:
-    """Per-sample cross-entropy [B] of one member (kernel-layout views `p`) on samples given by their first im2col."""
-    b = len(y)
+def logits(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, b: int, ws: Workspace) -> torch.Tensor:
+    """Outputs [B, classes] of one member (kernel-layout views `p`) on b samples given by their first im2col (in a
+    workspace buffer: valid until the next forward)."""
     h, _ = conv_forward(spec, p, cols1, b, ws, save=False)
     for j, (name, _, n_out) in enumerate(spec.fcs):
         h = torch.addmm(p[f"{name}.bias"], h, p[f"{name}.weight"], out=ws.get(Buf.FC_OUT, j, (b, n_out), h.dtype))
         if j + 1 < len(spec.fcs):
             h = B.gelu_into(h, ws.get(Buf.FC_GELU, j, (b, n_out), h.dtype))
-    return F.cross_entropy(h, y, reduction="none")
+    return h
+
+
+def losses(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, y: torch.Tensor,
+           ws: Workspace) -> torch.Tensor:
+    """Per-sample cross-entropy [B] of one member (kernel-layout views `p`) on samples given by their first im2col."""
+    return F.cross_entropy(logits(spec, p, cols1, len(y), ws), y, reduction="none")
 
 
 def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor,

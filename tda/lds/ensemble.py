@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dispatch import train_ensemble
-from ..engine.ensemble import LR, Batches, member, n_members
-from ..engine.functional import Params, logits
+from ..dispatch import member_logits, train_ensemble
+from ..engine.ensemble import LR, Batches
+from ..engine.functional import Params
 
 
 def subset_size(n: int, alpha: float) -> int:
@@ -42,15 +42,10 @@ def margins(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def member_outcomes(model: nn.Module, stacked: Params, frozen: Params, x: torch.Tensor, y: torch.Tensor,
-                    chunk: int = 1000) -> torch.Tensor:
+                    chunk: int = 1000, vectorize: bool | None = None) -> torch.Tensor:
     """Test loss and correct-class margin of every stacked member (model in eval mode), [K, 2, M]."""
-    rows = []
-    with torch.no_grad():
-        for k in range(n_members(stacked)):
-            p = member(stacked, k)
-            out = torch.cat([logits(model, p, frozen, x[i:i + chunk]) for i in range(0, len(x), chunk)])
-            rows.append(torch.stack([F.cross_entropy(out, y, reduction="none"), margins(out, y)]))
-    return torch.stack(rows)
+    out = member_logits(model, stacked, frozen, x, chunk, vectorize)
+    return torch.stack([torch.stack([F.cross_entropy(o, y, reduction="none"), margins(o, y)]) for o in out])
 
 
 @dataclass(frozen=True)
@@ -78,7 +73,7 @@ def masked_ensemble(model: nn.Module, params0: Params, frozen: Params, x_train: 
     weights = subset_weights(masks, x_train.device, next(iter(params0.values())).dtype)
 
     def evaluate(members: Params) -> torch.Tensor:
-        return member_outcomes(model, members, frozen, x_test, y_test)
+        return member_outcomes(model, members, frozen, x_test, y_test, vectorize=vectorize)
 
     out = torch.stack(train_ensemble(model, params0, frozen, x_train, y_train, batches, weights, lr, weight_decay,
                                      snapshot_epochs=snapshot_epochs, evaluate=evaluate, chunk=chunk,
