@@ -1,7 +1,7 @@
 """CIFAR-10-shaped runs in bounded memory: one checkpoint of each method at N = M = 500, 3 x 32 x 32, the paper's CNN.
 
-    python bench/bench_cifar.py                   # on the CPU, one thread; LOO retrains 1 epoch, scaled to 30 (~15 min)
-    python bench/bench_cifar.py --loo_epochs 30   # LOO's full 30 epochs (about 30 x its 1-epoch time)
+    python bench/bench_cifar.py                   # on the CPU, one thread; LOO 1 epoch, CG 2 iterations, scaled (~15 min)
+    python bench/bench_cifar.py --loo_epochs 30 --cg_iters 100   # unshortened (hours on a CPU)
     python bench/bench_cifar.py --device cuda     # on a GPU (bench_gpu.py runs this)
     python bench/bench_cifar.py --small           # N = M = 20, 3 epochs: checks the script (seconds)
 
@@ -13,8 +13,11 @@ chunking the pipeline uses: LOO (paper protocol), ATS, IF with LiSSA and with CG
 in its own interpreter (one thread on the CPU), so its peak memory is its own: the process's peak resident
 memory (VmHWM, reset just before the call) and, on CUDA, `torch.cuda.max_memory_allocated`. LOO retrains
 for `--loo_epochs` epochs; its cost is linear in them (the final evaluation of the N + 1 models on the test
-set aside), so its 30-epoch time is scaled from them, and its memory does not depend on them. A seed is
-five such checkpoints. Prints one table row per method, then one JSON line.
+set aside), so its 30-epoch time is scaled from them, and its memory does not depend on them. CG likewise
+stops after `--cg_iters` iterations (each one Hessian-vector product of every right-hand side over the
+whole training set, plus one for the final residual) and its time is scaled to `--cg_to` iterations (CG
+on the fmnist3 task ran up to 100). A seed is five such checkpoints. Prints one table row per method,
+then one JSON line.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from tda.config import get_task  # noqa: E402
 SEED = 446
 #: (label, method, options) in the order they run
 METHODS = (("LOO (paper)", "loo", {"protocol": "paper"}), ("ATS", "ats", {}), ("IF (LiSSA)", "if", {"solver": "lissa"}),
-           ("IF (CG)", "if", {"solver": "cg"}), ("GD+GC", "gd_gc", {}))
+           ("IF (CG)", "if", {"solver": "cg", "tol": 1e-12}), ("GD+GC", "gd_gc", {}))
 KEYS = {"loo": "LOO (paper)", "ats": "ATS", "if_lissa": "IF (LiSSA)", "if_cg": "IF (CG)", "gd_gc": "GD+GC"}
 CKPTS_PER_SEED = 5
 
@@ -108,8 +111,10 @@ def measure(path: Path, method: str, options: dict, device: str, epochs: int) ->
             "shape": list(next(iter(scores.values())).shape)}
 
 
-def run_methods(n: int, m: int, epochs: int, loo_epochs: int, device: str, keys: list[str], log=print) -> list[dict]:
-    """Train once, then every chosen method in a fresh interpreter; one row per method."""
+def run_methods(n: int, m: int, epochs: int, loo_epochs: int, device: str, keys: list[str], cg_iters: int = 2,
+                cg_to: int = 100, log=print) -> list[dict]:
+    """Train once, then every chosen method in a fresh interpreter; one row per method, its time also scaled to one
+    whole checkpoint (LOO's `epochs`, CG's `cg_to` iterations)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench_cifar_"))
     try:
         path = tmp / "data.pt"
@@ -120,6 +125,10 @@ def run_methods(n: int, m: int, epochs: int, loo_epochs: int, device: str, keys:
             if label not in [KEYS[k] for k in keys]:
                 continue
             e = loo_epochs if method == "loo" else epochs
+            cg = options.get("solver") == "cg"
+            options = {**options, "max_iter": cg_iters} if cg else options
+            scale, ran = ((epochs / e, f"{e} of {epochs} epochs") if method == "loo" else
+                          ((cg_to + 1) / (cg_iters + 1), f"{cg_iters} of {cg_to} iterations") if cg else (1.0, "all"))
             spec = json.dumps({"path": str(tmp / "data.pt"), "method": method, "options": options, "device": device,
                                "epochs": e})
             env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(Path.home())}
@@ -128,15 +137,14 @@ def run_methods(n: int, m: int, epochs: int, loo_epochs: int, device: str, keys:
                 raise SystemExit(f"error: {label} failed: {res.stderr.strip().splitlines()[-1:]}")
             t = json.loads(res.stdout.strip().splitlines()[-1])
             cpu = t["user"] + t["sys"]
-            scale = epochs / e if method == "loo" else 1.0
-            rows.append({"method": label, "N": n, "M": m, "device": device, "epochs_run": e, "cpu_s": cpu,
+            rows.append({"method": label, "N": n, "M": m, "device": device, "ran": ran, "scale": scale, "cpu_s": cpu,
                          "sys_s": t["sys"], "wall_s": t["wall"], "cpu_s_checkpoint": cpu * scale,
                          "wall_s_checkpoint": t["wall"] * scale, "peak_rss_mb": t["peak_rss"] / 2 ** 20,
                          "base_rss_mb": t["base_rss"] / 2 ** 20,
                          "cuda_peak_mb": None if t["cuda_peak"] is None else t["cuda_peak"] / 2 ** 20,
                          "finite": t["finite"], "shape": t["shape"]})
             r = rows[-1]
-            log(f"{label:12s} CPU {cpu:8.1f} s, wall {t['wall']:8.1f} s ({e} epoch(s)); one checkpoint: "
+            log(f"{label:12s} CPU {cpu:8.1f} s, wall {t['wall']:8.1f} s (ran {ran}); one checkpoint: "
                 f"{r['wall_s_checkpoint']:8.1f} s wall; peak RSS {r['peak_rss_mb']:6.0f} MB"
                 + ("" if r["cuda_peak_mb"] is None else f", CUDA peak {r['cuda_peak_mb']:.0f} MB"))
         return rows
@@ -147,11 +155,11 @@ def run_methods(n: int, m: int, epochs: int, loo_epochs: int, device: str, keys:
 def table(rows: list[dict]) -> str:
     """The rows as the Markdown table of bench/README.md, with one seed's (five checkpoints') time."""
     cuda = any(r["cuda_peak_mb"] is not None for r in rows)
-    head = ("| method | N x M | epochs run | CPU (s) | wall (s) | one checkpoint, wall (s) | one seed, wall (h) | peak RSS "
+    head = ("| method | N x M | ran | CPU (s) | wall (s) | one checkpoint, wall (s) | one seed, wall (h) | peak RSS "
             "(MB) | before the call (MB) |" + (" CUDA peak (MB) |" if cuda else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['N']} x {r['M']} | {r['epochs_run']} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} "
+        lines.append(f"| {r['method']} | {r['N']} x {r['M']} | {r['ran']} | {r['cpu_s']:.1f} | {r['wall_s']:.1f} "
                      f"| {r['wall_s_checkpoint']:.1f} | {r['wall_s_checkpoint'] * CKPTS_PER_SEED / 3600:.2f} "
                      f"| {r['peak_rss_mb']:.0f} | {r['base_rss_mb']:.0f} |"
                      + (f" {r['cuda_peak_mb']:.0f} |" if cuda else ""))
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=500, help="training images (the cifar10 task at 50 per class: 500)")
     p.add_argument("--m", type=int, default=500, help="test images (the cifar10 task's 500)")
     p.add_argument("--loo_epochs", type=int, default=1, help="epochs LOO retrains for (its time is scaled to 30)")
+    p.add_argument("--cg_iters", type=int, default=2, help="iterations CG runs for (its time is scaled to --cg_to)")
+    p.add_argument("--cg_to", type=int, default=100, help="CG iterations of a whole checkpoint, for the scaled time")
     p.add_argument("--methods", nargs="+", default=list(KEYS), choices=list(KEYS))
     p.add_argument("--small", action="store_true", help="N = M = 20, 3 training epochs: a check that the script runs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
     epochs = 3 if args.small else get_task("cifar10").epochs
     n, m = (20, 20) if args.small else (args.n, args.m)
-    rows = run_methods(n, m, epochs, min(args.loo_epochs, epochs), args.device, args.methods)
+    rows = run_methods(n, m, epochs, min(args.loo_epochs, epochs), args.device, args.methods, args.cg_iters, args.cg_to)
     print()
     print(table(rows))
     print(json.dumps({"rows": rows, "epochs": epochs}))
