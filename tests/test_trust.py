@@ -95,7 +95,7 @@ def test_a_code_edit_recomputes_what_ran_it_and_a_comment_edit_nothing(tmp_path)
 
 # ---------------------------------------------------------------- no foreign code
 _LOAD = ("import warnings; warnings.simplefilter('always'); from tda.kernels import native; lib = native.library(); "
-         "import torch; z = torch.randn(4, 8); p = torch.empty(1, 8); i = torch.empty(1, 8, dtype=torch.int32); "
+         "import torch; z = torch.randn(4, 16); p = torch.empty(1, 16); i = torch.empty(1, 16, dtype=torch.int32); "
          "native.gelu_pool(z, 1, 1, 1, p, i); print(lib._name)")
 
 
@@ -163,18 +163,19 @@ def test_a_truncated_library_is_rebuilt_and_killed_compiles_are_swept(cache):
 def test_arguments_the_c_kernels_cannot_take_are_real_errors():
     if native.library() is None:
         pytest.skip("no C compiler")
-    z, pooled, idx = torch.randn(4, 8), torch.empty(1, 8), torch.empty(1, 8, dtype=torch.int32)
+    # 16 channels: a multiple of the vectors' lanes (8, or 16 with AVX-512)
+    z, pooled, idx = torch.randn(4, 16), torch.empty(1, 16), torch.empty(1, 16, dtype=torch.int32)
     native.gelu_pool(z, 1, 1, 1, pooled, idx)
-    bad = {"index dtype": dict(idx=idx.long()), "buffer size": dict(pooled=torch.empty(2, 8)),
-           "dtype": dict(z=z.double()), "contiguity": dict(z=torch.randn(8, 4).t()),
+    bad = {"index dtype": dict(idx=idx.long()), "buffer size": dict(pooled=torch.empty(2, 16)),
+           "dtype": dict(z=z.double()), "contiguity": dict(z=torch.randn(16, 4).t()),
            "channels": dict(z=torch.randn(4, 6), pooled=torch.empty(1, 6), idx=torch.empty(1, 6, dtype=torch.int32))}
     for what, kw in bad.items():
         args = {"z": z, "pooled": pooled, "idx": idx, **kw}
         with pytest.raises(KernelArgumentError):
             native.gelu_pool(args["z"], 1, 1, 1, args["pooled"], args["idx"])
-    x, w, b = torch.randn(1, 6, 6, 8), torch.randn(9 * 8, 8), torch.randn(8)
+    x, w, b = torch.randn(1, 6, 6, 16), torch.randn(9 * 16, 16), torch.randn(16)
     with pytest.raises(KernelArgumentError, match="does not fit"):  # a 3 x 3 pooled grid needs 8 x 8 inputs
-        native.conv_direct_gelu_pool(x, w, b, 3, 3, 3, torch.empty(1, 3, 3, 8))
+        native.conv_direct_gelu_pool(x, w, b, 3, 3, 3, torch.empty(1, 3, 3, 16))
     source = (REPO / "tda" / "kernels" / "native.py").read_text()
     assert "assert " not in source  # `python -O` would drop the checks
 
