@@ -6,7 +6,9 @@ method, checkpoint) runs in its own interpreter on one thread, the two revisions
 checkpoint by checkpoint so that both see the same background load. Reports user+system CPU
 seconds (and system seconds alone: allocation churn shows there) per method and size, and each
 revision's GFLOP/s as a share of the float32 GEMM rate measured between the runs (bench_methods.py's
-FLOP count). Run from the repo root: `python bench/bench_before_after.py --old <rev>`, e.g.
+FLOP count). Each timed call is the interpreter's first (cold: it pays the library's loading and the
+first allocations' page faults), or with `--warm` its second, after one untimed call on the same
+checkpoint (as a seed's checkpoints after the first run in the pipeline). Run from the repo root: `python bench/bench_before_after.py --old <rev>`, e.g.
 `--methods if --sizes 30x90 150x900` for IF at the sizes of the paper's MNIST3 experiments.
 """
 from __future__ import annotations
@@ -50,6 +52,8 @@ args = (model, p, f, d["x"], d["y"], d["xt"], d["yt"])
 run = {"loo": lambda: loo_continue(*args, d["batches"], d["lr"], d["wd"]),
        "ats": lambda: ats_scores(*args, d["lr"], d["wd"]),
        "if": lambda: lissa_scores(*args, d["damp"], d["scale"])[0]}[sys.argv[3]]
+if sys.argv[6] == "warm":
+    run()
 r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 out = run()
 r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -65,6 +69,8 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=None, metavar="NxM", help="training x test sizes instead, e.g. 30x90 150x900")
     p.add_argument("--ckpts", type=int, default=5, help="checkpoints timed (the last ones)")
     p.add_argument("--methods", nargs="+", default=["loo", "ats"], choices=["loo", "ats", "if"])
+    p.add_argument("--warm", action="store_true", help="time each method's second call in its interpreter, after one "
+                   "untimed call (default: the first)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_before_after_"))
     try:
@@ -72,7 +78,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     gemm = float(np.median(GEMM))
-    print(f"\nfloat32 GEMM 1024 x 1024 on one thread: {gemm:.1f} GFLOP/s (median of {len(GEMM)} between the runs; "
+    print(f"\n{'warm' if args.warm else 'cold'} calls; float32 GEMM 1024 x 1024 on one thread: {gemm:.1f} GFLOP/s (median of {len(GEMM)} between the runs; "
           f"best {max(GEMM):.1f})")
     print("\n| method | N x M | before CPU (s) | before sys (s) | after CPU (s) | after sys (s) | speed-up (CPU) "
           "| before of GEMM | after of GEMM | before wall (s) | after wall (s) | max rel diff |")
@@ -113,7 +119,8 @@ def compare(args: argparse.Namespace, tmp: Path) -> list[tuple]:
                 outs = {}
                 for name, root in (("old", old), ("new", REPO)):
                     res = subprocess.run([sys.executable, "-c", WORKER, str(root), str(data), method, str(i),
-                                          str(tmp / f"{name}.pt")], check=True, capture_output=True, text=True,
+                                          str(tmp / f"{name}.pt"), "warm" if args.warm else "cold"], check=True,
+                                         capture_output=True, text=True,
                                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
                     t = json.loads(res.stdout.strip().splitlines()[-1])
                     total[name] = [a + b for a, b in zip(total[name], (t["user"], t["sys"], t["wall"]))]
