@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..engine.adam import adam_update
 from ..engine.ensemble import LR, Batches, concat_snapshots, learning_rate_at
@@ -24,31 +25,34 @@ from .layout import CNNSpec, from_kernel, one_hot, to_kernel, views
 EVAL_SAMPLES = 32
 
 
-def flat_losses(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                samples: int = EVAL_SAMPLES) -> torch.Tensor:
-    """Per-sample losses [K, M] of every member (flat kernel-layout vectors [K, P]) on every sample."""
+def _forwards(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, samples: int):
+    """(member k, first sample i, its outputs [B, classes]) for every member on every block of `samples` samples;
+    each block's first im2col is shared by all members, the outputs live in a buffer reused by the next forward."""
     members = [views(spec, f) for f in flat]
-    out = torch.empty(len(members), len(y), dtype=flat.dtype)
-    ws = Workspace()
-    with torch.no_grad():
-        for i in range(0, len(y), samples):
-            cols = K.first_cols(spec, x[i:i + samples])
-            for k, p in enumerate(members):
-                out[k, i:i + samples] = K.losses(spec, p, cols, y[i:i + samples], ws)
-    return out
-
-
-def member_logits(spec: CNNSpec, stacked: Params, x: torch.Tensor, samples: int = EVAL_SAMPLES) -> torch.Tensor:
-    """Outputs [K, M, classes] of every stacked member on every sample."""
-    members = [views(spec, f) for f in to_kernel(spec, stacked)]
-    out = torch.empty(len(members), len(x), spec.fcs[-1][2], dtype=x.dtype)
     ws = Workspace()
     with torch.no_grad():
         for i in range(0, len(x), samples):
             xb = x[i:i + samples]
             cols = K.first_cols(spec, xb)
             for k, p in enumerate(members):
-                out[k, i:i + samples] = K.logits(spec, p, cols, len(xb), ws)
+                yield k, i, K.logits(spec, p, cols, len(xb), ws)
+
+
+def flat_losses(spec: CNNSpec, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                samples: int = EVAL_SAMPLES) -> torch.Tensor:
+    """Per-sample losses [K, M] of every member (flat kernel-layout vectors [K, P]) on every sample."""
+    out = torch.empty(len(flat), len(y), dtype=flat.dtype)
+    for k, i, z in _forwards(spec, flat, x, samples):
+        out[k, i:i + len(z)] = F.cross_entropy(z, y[i:i + len(z)], reduction="none")
+    return out
+
+
+def member_logits(spec: CNNSpec, stacked: Params, x: torch.Tensor, samples: int = EVAL_SAMPLES) -> torch.Tensor:
+    """Outputs [K, M, classes] of every stacked member on every sample."""
+    flat = to_kernel(spec, stacked)
+    out = torch.empty(len(flat), len(x), spec.fcs[-1][2], dtype=flat.dtype)
+    for k, i, z in _forwards(spec, flat, x, samples):
+        out[k, i:i + len(z)] = z
     return out
 
 

@@ -14,7 +14,6 @@ the window's gradient to the other.)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import blocks as B
 from . import native
@@ -64,12 +63,6 @@ def logits(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, b: in
         if j + 1 < len(spec.fcs):
             h = B.gelu_into(h, ws.get(Buf.FC_GELU, j, (b, n_out), h.dtype))
     return h
-
-
-def losses(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, y: torch.Tensor,
-           ws: Workspace) -> torch.Tensor:
-    """Per-sample cross-entropy [B] of one member (kernel-layout views `p`) on samples given by their first im2col."""
-    return F.cross_entropy(logits(spec, p, cols1, len(y), ws), y, reduction="none")
 
 
 def loss_grad(spec: CNNSpec, p: dict[str, torch.Tensor], cols1: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor,
